@@ -1,0 +1,26 @@
+# Two commands for a fresh machine (see README):  make demo   |   make test
+PYTHON ?= python3
+VENV ?= .venv
+PIP := $(VENV)/bin/python -m pip
+EXTRAS := edge,export,teacher,yolo,clips,dev
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch 2.14.1 + torchvision 0.29.1 are a matched pair (torchvision pins torch).
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	$(VENV)/bin/jitnet doctor
+	touch $@
+
+demo: install
+	$(VENV)/bin/jitnet demo
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .cache

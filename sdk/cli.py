@@ -1,0 +1,56 @@
+"""`jitnet` command line: one entry point, one module per subcommand.
+
+Each subcommand lives beside the code it drives and is imported only when
+called, so `jitnet teacher` never imports the edge runtime and `jitnet run`
+never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+# name -> (module with add_arguments(parser) and run(args) -> int, help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("sdk.doctor", "check that this environment can run each side"),
+    "export": ("export.cli", "write ONNX Runtime training artifacts for JITNet"),
+    "teacher": ("teacher_server.cli", "serve a teacher model over gRPC"),
+    "run": ("sdk.run_cli", "segment a stream with online distillation"),
+    "demo": ("sdk.demo", "the whole system on a real clip, with an embedded teacher"),
+    "eval": ("sdk.evaluation.cli", "the paper's evaluations on real video"),
+    "pretrain": ("export.pretrain", "pre-train the student offline on a COCO-format dataset"),
+    "bench": ("sdk.bench", "benchmarks (train | teacher | agent)"),
+}
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jitnet", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    wanted = next((a for a in argv if a in COMMANDS), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:  # only the chosen command's module is imported
+            importlib.import_module(module_name).add_arguments(p)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
