@@ -1,0 +1,28 @@
+"""Fixtures shared by every test room: where the real data lives."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAVIS_ROOT = Path(os.environ.get("JITNET_DAVIS_ROOT", REPO_ROOT.parent / "shared" / "data" / "davis2016"))
+
+
+def load_davis_frame(sequence: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """A real DAVIS 2016 frame (RGB uint8, 480x854) and its human mask (bool)."""
+    image = cv2.imread(str(DAVIS_ROOT / "JPEGImages" / sequence / f"{index:05d}.jpg"), cv2.IMREAD_COLOR)
+    mask = cv2.imread(str(DAVIS_ROOT / "Annotations" / sequence / f"{index:05d}.png"), cv2.IMREAD_GRAYSCALE)
+    if image is None or mask is None:
+        pytest.fail(f"DAVIS frame {sequence}/{index:05d} not found under {DAVIS_ROOT}; set JITNET_DAVIS_ROOT")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), mask > 0
+
+
+@pytest.fixture(scope="session")
+def davis_root() -> Path:
+    if not (DAVIS_ROOT / "JPEGImages").is_dir():
+        pytest.fail(f"DAVIS 2016 data not found at {DAVIS_ROOT}; set JITNET_DAVIS_ROOT")
+    return DAVIS_ROOT
