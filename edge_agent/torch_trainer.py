@@ -1,0 +1,96 @@
+"""The PyTorch backend: the same network and update rule as the ORT artifacts.
+
+It is the reference the ORT trajectory is tested against, and the fallback
+where no onnxruntime-training wheel exists.  It starts from the artifact
+directory's ``initial_weights.npz`` (written by `jitnet export`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edge_agent.manifest import ArtifactError, load_manifest
+from edge_agent.state import SnapshotStore
+from edge_agent.trainer import StepResult, _check_identity, _identity, check_image, check_targets, to_nchw
+
+log = logging.getLogger(__name__)
+
+
+class TorchTrainer:
+    backend = "torch"
+
+    def __init__(self, artifact_dir: Path | str, *, device: str = "auto", threads: Optional[int] = None):
+        try:
+            import torch
+        except ImportError as exc:
+            raise ArtifactError("the torch backend needs PyTorch: pip install 'jitnet-edge[export]'") from exc
+        from export.jitnet import JITNet, JITNetSpec
+
+        self.torch = torch
+        self.artifact_dir = Path(artifact_dir)
+        self.manifest = load_manifest(self.artifact_dir)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = JITNet(JITNetSpec(self.manifest.width, self.manifest.num_classes)).to(device)
+        weights = self.manifest.path(self.artifact_dir, "weights")
+        try:
+            with np.load(weights) as npz:
+                state = {k: torch.from_numpy(npz[k]) for k in npz.files}
+            self.model.load_state_dict(state, strict=True)
+        except Exception as exc:
+            raise ArtifactError(f"cannot load {weights} ({exc}); re-create it with: jitnet export --out {self.artifact_dir}") from exc
+        self.model.train()
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=self.manifest.learning_rate, momentum=self.manifest.momentum
+        )
+        self.steps = 0
+
+    def predict_logits(self, image: np.ndarray) -> np.ndarray:
+        check_image(image, self.manifest.stride)
+        with self.torch.no_grad():
+            return self.model(self.torch.from_numpy(to_nchw(image)).to(self.device))[0].cpu().numpy()
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return self.predict_logits(image).argmax(0).astype(np.uint8)
+
+    def train_step(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> StepResult:
+        check_image(image, self.manifest.stride)
+        check_targets(image, labels, pixel_weights, self.manifest.num_classes)
+        torch = self.torch
+        x = torch.from_numpy(to_nchw(image)).to(self.device)
+        y = torch.from_numpy(np.ascontiguousarray(labels[None], dtype=np.int64)).to(self.device)
+        w = torch.from_numpy(np.ascontiguousarray(pixel_weights[None], dtype=np.float32)).to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(x)
+        loss = (torch.nn.functional.cross_entropy(logits, y, reduction="none") * w).mean()
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        return StepResult(float(loss.detach()), logits.detach()[0].cpu().numpy())
+
+    def save(self, state_dir: Path | str) -> Path:
+        def write(folder: Path) -> None:
+            self.torch.save(
+                {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, folder / "state.pt"
+            )
+
+        return SnapshotStore(state_dir).save(write, {"backend": self.backend, "steps": self.steps, **_identity(self.manifest)})
+
+    def restore(self, state_dir: Path | str) -> bool:
+        found = SnapshotStore(state_dir).latest()
+        if found is None:
+            return False
+        folder, record = found
+        _check_identity(record, self.manifest, self.backend, folder)
+        blob = self.torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
+        self.model.load_state_dict(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.steps = int(record.get("steps", 0))
+        log.info("restored student state from %s (step %d)", folder, self.steps)
+        return True

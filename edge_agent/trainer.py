@@ -1,0 +1,236 @@
+"""The on-device trainer: predict and train JITNet from an artifact directory.
+
+Two backends share one interface.  ``ort`` (default) runs the artifacts with
+onnxruntime-training and never imports torch.  ``torch`` trains the same
+network in PyTorch: the reference, and the fallback where no
+onnxruntime-training wheel exists (aarch64 Jetson, Python 3.12+ for CUDA).
+
+The trainer works on the student's grid: RGB uint8 images whose height and
+width are multiples of 32.  Callers map camera frames onto that grid with
+:class:`edge_agent.frames.Geometry`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Protocol
+
+import numpy as np
+
+from edge_agent.manifest import ArtifactError, Manifest, load_manifest
+from edge_agent.state import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("ort", "torch")
+
+
+@dataclass
+class StepResult:
+    loss: float
+    #: (classes, H, W) logits of the forward pass the step trained on, i.e.
+    #: of the weights *before* this step's update.
+    logits: np.ndarray
+
+    def prediction(self) -> np.ndarray:
+        return self.logits.argmax(0).astype(np.uint8)
+
+
+class Trainer(Protocol):
+    manifest: Manifest
+    backend: str
+    device: str
+    steps: int
+
+    def predict(self, image: np.ndarray) -> np.ndarray: ...
+    def train_step(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> StepResult: ...
+    def save(self, state_dir: Path | str) -> Path: ...
+    def restore(self, state_dir: Path | str) -> bool: ...
+
+
+def check_image(image: np.ndarray, stride: int = 32) -> None:
+    """The trainer takes the student's grid only; say how to get there otherwise."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(
+            f"expected an RGB image of shape (H, W, 3), got {shape}; "
+            "convert grayscale or RGBA frames to RGB first (cv2.cvtColor)"
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    h, w = image.shape[:2]
+    if h == 0 or w == 0 or h % stride or w % stride:
+        raise ValueError(
+            f"image is {h}x{w}; height and width must be positive multiples of {stride} "
+            "(JITNet's total stride): pad or crop it, e.g. with edge_agent.frames.Geometry"
+        )
+
+
+def check_targets(image: np.ndarray, labels: np.ndarray, weights: np.ndarray, num_classes: int) -> None:
+    hw = image.shape[:2]
+    if labels.shape != hw:
+        raise ValueError(f"labels have shape {labels.shape}, expected {hw} to match the image")
+    if weights.shape != hw:
+        raise ValueError(f"pixel_weights have shape {weights.shape}, expected {hw} to match the image")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
+    if not np.all(np.isfinite(weights)) or float(weights.min()) < 0:
+        raise ValueError("pixel_weights must be finite and >= 0")
+
+
+def to_nchw(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+class OrtTrainer:
+    """JITNet training and inference with onnxruntime-training (no torch)."""
+
+    backend = "ort"
+
+    def __init__(self, artifact_dir: Path | str, *, device: str = "auto", threads: Optional[int] = None):
+        from edge_agent.runtime import select_device, training_api
+
+        self.api = training_api()
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.artifact_dir = Path(artifact_dir)
+        self.manifest = load_manifest(self.artifact_dir)
+        self.device = select_device(device)
+        self.threads = threads
+        self.steps = 0
+        self._load(self.manifest.path(self.artifact_dir, "checkpoint"))
+
+    # -- construction ---------------------------------------------------
+    def _options(self):
+        options = self._ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        return options
+
+    def _load(self, checkpoint: Path) -> None:
+        api, m, d = self.api, self.manifest, self.artifact_dir
+        try:
+            self.state = api.CheckpointState.load_checkpoint(str(checkpoint))
+            self.module = api.Module(
+                str(m.path(d, "training")), self.state, str(m.path(d, "eval")), device=self.device,
+                session_options=self._options(),
+            )
+            self.optimizer = api.Optimizer(str(m.path(d, "optimizer")), self.module)
+        except Exception as exc:
+            raise ArtifactError(
+                f"ONNX Runtime could not load the artifacts in {d} ({exc}); "
+                f"re-create them with: jitnet export --out {d}"
+            ) from exc
+        self.optimizer.set_learning_rate(m.optimizer_learning_rate)
+        self.module.train()
+        self._bind_inference()
+
+    def _bind_inference(self) -> None:
+        """Bind the loss-free inference graph to the live parameter buffers.
+
+        On CPU, ``Parameter.data`` is a view of the tensor the optimizer
+        updates in place, so every step is visible to inference at no cost
+        and no re-export is needed.  On CUDA the eval graph (which reads the
+        live parameters by construction) is used instead.
+        """
+        ort, m, d = self._ort, self.manifest, self.artifact_dir
+        self._session = None
+        if self.device != "cpu":
+            return
+        self._session = ort.InferenceSession(
+            str(m.path(d, "inference")), self._options(), providers=["CPUExecutionProvider"]
+        )
+        self._binding = self._session.io_binding()
+        self._param_views = []
+        for name, param in self.state.parameters:
+            view = param.data
+            self._param_views.append(view)  # keeps the buffer referenced
+            self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(view))
+
+    # -- inference and training --------------------------------------
+    def predict_logits(self, image: np.ndarray) -> np.ndarray:
+        """(classes, H, W) logits with the current weights."""
+        check_image(image, self.manifest.stride)
+        x = to_nchw(image)
+        if self._session is None:
+            h, w = image.shape[:2]
+            self.module.eval()
+            try:
+                _, logits = self.module(x, np.zeros((1, h, w), np.int64), np.zeros((1, h, w), np.float32))
+            finally:
+                self.module.train()
+            return logits[0]
+        self._binding.bind_cpu_input("image", x)
+        self._binding.bind_output("logits", "cpu")
+        self._session.run_with_iobinding(self._binding)
+        return self._binding.copy_outputs_to_cpu()[0][0]
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 class per pixel."""
+        return self.predict_logits(image).argmax(0).astype(np.uint8)
+
+    def train_step(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> StepResult:
+        """One SGD-with-momentum step: forward, backward, update."""
+        check_image(image, self.manifest.stride)
+        check_targets(image, labels, pixel_weights, self.manifest.num_classes)
+        loss, logits = self.module(
+            to_nchw(image),
+            np.ascontiguousarray(labels[None], dtype=np.int64),
+            np.ascontiguousarray(pixel_weights[None], dtype=np.float32),
+        )
+        self.optimizer.step()
+        self.module.lazy_reset_grad()
+        self.steps += 1
+        return StepResult(float(loss), logits[0])
+
+    # -- persistence -------------------------------------------------------
+    def save(self, state_dir: Path | str) -> Path:
+        """Snapshot weights and optimizer state (momentum) atomically."""
+
+        def write(folder: Path) -> None:
+            self.api.CheckpointState.save_checkpoint(self.state, str(folder / "checkpoint"), include_optimizer_state=True)
+
+        return SnapshotStore(state_dir).save(write, {"backend": self.backend, "steps": self.steps, **_identity(self.manifest)})
+
+    def restore(self, state_dir: Path | str) -> bool:
+        """Load the newest intact snapshot; False when there is none."""
+        found = SnapshotStore(state_dir).latest()
+        if found is None:
+            return False
+        folder, record = found
+        _check_identity(record, self.manifest, self.backend, folder)
+        self._load(folder / "checkpoint")
+        self.steps = int(record.get("steps", 0))
+        log.info("restored student state from %s (step %d)", folder, self.steps)
+        return True
+
+
+def _identity(manifest: Manifest) -> dict:
+    return {"class_names": manifest.class_names, "width": manifest.width}
+
+
+def _check_identity(record: dict, manifest: Manifest, backend: str, folder: Path) -> None:
+    if record.get("backend") != backend:
+        raise ArtifactError(f"{folder} was saved by the {record.get('backend')} backend, not {backend}")
+    if record.get("class_names") != manifest.class_names or record.get("width") != manifest.width:
+        raise ArtifactError(
+            f"{folder} holds a student for classes {record.get('class_names')} at width {record.get('width')}, "
+            f"but the artifacts are for {manifest.class_names} at width {manifest.width}; use another --state dir"
+        )
+
+
+def load_trainer(artifact_dir: Path | str, *, backend: str = "ort", device: str = "auto", threads: Optional[int] = None) -> Trainer:
+    """The trainer for ``backend`` (``ort`` or ``torch``)."""
+    if backend == "ort":
+        return OrtTrainer(artifact_dir, device=device, threads=threads)
+    if backend == "torch":
+        from edge_agent.torch_trainer import TorchTrainer
+
+        return TorchTrainer(artifact_dir, device=device, threads=threads)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

@@ -1,0 +1,174 @@
+"""JITNet, the student of online distillation, in PyTorch.
+
+Architecture of Mullapudi et al. (ICCV 2019), Section 4 / Figure 3: a stem of
+two stride-2 3x3 convolutions, three stride-2 ResNet encoder blocks whose
+second 3x3 convolution is factorised into 1x3 then 3x1, three decoder blocks
+fed by skip connections, two 3x3 convolutions at half resolution and per-pixel
+logits at full resolution.  Total stride 32: H and W must be multiples of 32.
+
+Every op used here has a gradient kernel in ONNX Runtime training on CPU:
+upsampling is an exact 2x bilinear built from slices (no Resize), there is no
+ConvTranspose, and normalisation always uses batch statistics (ORT training
+never updates BatchNorm running statistics, onnxruntime#19370).  This module
+imports nothing from the rest of the project.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+STRIDE = 32
+
+# Inputs are RGB float 0..255 in NCHW; normalisation is part of the graph so
+# that every runtime feeds raw pixels the same way.
+INPUT_MEAN = (0.485, 0.456, 0.406)
+INPUT_STD = (0.229, 0.224, 0.225)
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Exact ``F.interpolate(scale_factor=2, mode="bilinear", align_corners=False)``.
+
+    Built from slice/concat/mul/add/reshape because ORT has no Resize gradient
+    on CPU.  Output pixel 2i is 0.75*x[i] + 0.25*x[i-1], 2i+1 is
+    0.75*x[i] + 0.25*x[i+1], with edges clamped.
+    """
+    x = _upsample_axis(x, 2)
+    return _upsample_axis(x, 3)
+
+
+def _upsample_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+    first = x.narrow(dim, 0, 1)
+    last = x.narrow(dim, x.shape[dim] - 1, 1)
+    prev = torch.cat([first, x.narrow(dim, 0, x.shape[dim] - 1)], dim=dim)
+    nxt = torch.cat([x.narrow(dim, 1, x.shape[dim] - 1), last], dim=dim)
+    scaled = 0.75 * x
+    even = scaled + 0.25 * prev
+    odd = scaled + 0.25 * nxt
+    return torch.stack([even, odd], dim=dim + 1).flatten(dim, dim + 1)
+
+
+def norm(channels: int) -> nn.BatchNorm2d:
+    # track_running_stats=False: batch statistics in training and inference
+    # alike, so an online-trained student never depends on stale statistics.
+    return nn.BatchNorm2d(channels, track_running_stats=False)
+
+
+class ConvNormReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], stride: int = 1, relu: bool = True):
+        pad = (kernel[0] // 2, kernel[1] // 2)
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, pad, bias=False), norm(cout)]
+        if relu:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class ResBlock(nn.Module):
+    """ResNet basic block with the second 3x3 factorised into 1x3 then 3x1."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = ConvNormReLU(cin, cout, (3, 3), stride)
+        self.conv2a = ConvNormReLU(cout, cout, (1, 3))
+        self.conv2b = ConvNormReLU(cout, cout, (3, 1), relu=False)
+        self.shortcut = (
+            ConvNormReLU(cin, cout, (1, 1), stride, relu=False) if stride != 1 or cin != cout else nn.Identity()
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2b(self.conv2a(self.conv1(x))) + self.shortcut(x))
+
+
+class DecoderBlock(nn.Module):
+    """Upsample 2x, concatenate the encoder skip, one residual block."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.block = ResBlock(cin + cskip, cout, stride=1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.block(torch.cat([upsample2x(x), skip], dim=1))
+
+
+@dataclass(frozen=True)
+class JITNetSpec:
+    """What determines the network: width multiplier and number of classes."""
+
+    width: float = 1.0
+    num_classes: int = 2
+
+    def channels(self, base: int) -> int:
+        return max(8, int(round(base * self.width)))
+
+
+class JITNet(nn.Module):
+    """Input: N x 3 x H x W RGB floats in 0..255; output: N x classes x H x W logits."""
+
+    def __init__(self, spec: JITNetSpec = JITNetSpec()):
+        super().__init__()
+        if spec.num_classes < 2:
+            raise ValueError("JITNet needs at least 2 classes (background + one)")
+        self.spec = spec
+        c = spec.channels
+        self.register_buffer("mean", torch.tensor(INPUT_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(INPUT_STD).view(1, 3, 1, 1) * 255.0), persistent=False)
+        self.stem1 = ConvNormReLU(3, c(16), (3, 3), 2)  # H/2
+        self.stem2 = ConvNormReLU(c(16), c(64), (3, 3), 2)  # H/4
+        self.enc1 = ResBlock(c(64), c(128), 2)  # H/8
+        self.enc2 = ResBlock(c(128), c(128), 2)  # H/16
+        self.enc3 = ResBlock(c(128), c(256), 2)  # H/32
+        self.dec1 = DecoderBlock(c(256), c(128), c(256))  # H/16, skip enc2
+        self.dec2 = DecoderBlock(c(256), c(128), c(128))  # H/8, skip enc1
+        self.dec3 = DecoderBlock(c(128), c(64), c(64))  # H/4, skip stem2
+        self.head1 = ConvNormReLU(c(64) + c(16), c(32), (3, 3))  # H/2, skip stem1
+        self.head2 = ConvNormReLU(c(32), c(32), (3, 3))
+        # The 1x1 logits conv commutes with bilinear upsampling, so it runs at
+        # half resolution and only num_classes channels are upsampled.
+        self.logits = nn.Conv2d(c(32), spec.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) * self.inv_std
+        s1 = self.stem1(x)
+        s2 = self.stem2(s1)
+        e1 = self.enc1(s2)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        d = self.dec1(e3, e2)
+        d = self.dec2(d, e1)
+        d = self.dec3(d, s2)
+        h = self.head1(torch.cat([upsample2x(d), s1], dim=1))
+        h = self.head2(h)
+        return upsample2x(self.logits(h))
+
+
+def build_jitnet(width: float = 1.0, num_classes: int = 2, seed: int | None = 0) -> JITNet:
+    """A freshly initialised JITNet; ``seed`` makes the initial weights reproducible."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return JITNet(JITNetSpec(width, num_classes))
+    return JITNet(JITNetSpec(width, num_classes))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_student(model: JITNet, path: str | "os.PathLike[str]", **extra: object) -> None:
+    """A pre-trained student that `jitnet export --init` and the torch backend can start from."""
+    torch.save({"width": model.spec.width, "num_classes": model.spec.num_classes,
+                "state_dict": model.state_dict(), **extra}, path)
+
+
+def load_student(path: str | "os.PathLike[str]", *, width: float | None = None, num_classes: int | None = None) -> JITNet:
+    """Load a student saved by :func:`save_student`, checking it matches what is asked for."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if width is not None and abs(blob["width"] - width) > 1e-9:
+        raise ValueError(f"{path} holds a width-{blob['width']} student, not width {width}")
+    if num_classes is not None and blob["num_classes"] != num_classes:
+        raise ValueError(f"{path} has {blob['num_classes']} classes, not {num_classes}")
+    model = JITNet(JITNetSpec(blob["width"], blob["num_classes"]))
+    model.load_state_dict(blob["state_dict"])
+    return model
