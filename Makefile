@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PIP := $(VENV)/bin/python -m pip
-EXTRAS := edge,export,teacher,yolo,clips,dev
+EXTRAS := edge,export,teacher,yolo,clips,eval,dev
 
 .PHONY: install demo test clean
 
