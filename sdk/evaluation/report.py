@@ -176,8 +176,11 @@ def plot_timeline(
     series divided evenly).  With ``fps`` the time axis is in seconds.
     ``smooth`` > 1 draws a moving average, since per-frame IoU is noisy.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # the plot is optional; tables work without it
+        raise ImportError("plots need matplotlib: pip install 'jitnet-edge[eval]' (or `make install`)") from exc
 
     if not per_frame_iou:
         raise ValueError("per_frame_iou is empty: give at least one method's per-frame IoU")

@@ -79,3 +79,14 @@ def test_davis_2017_layout_with_resolution_folder(tmp_path, davis_root):
     assert list_sequences(root) == ["kite-surf"]
     frames, masks = load_sequence(root, "kite-surf")
     assert len(frames) == 3 and masks[2].any()
+
+
+def test_frames_of_another_size_than_their_masks_are_reported(tmp_path, davis_root):
+    import cv2
+
+    root = make_root(tmp_path, davis_root, "dog", n_frames=3, n_masks=3)
+    path = root / "JPEGImages" / "dog" / "00002.jpg"
+    cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (427, 240)))
+    with pytest.raises(DavisLayoutError, match="00002.jpg is 427x240 but masks are 854x480"):
+        load_sequence(root, "dog")
+    assert len(load_sequence(root, "dog", lazy=True).frames) == 3  # lazy checks the first frame only
