@@ -1,0 +1,306 @@
+"""The agent's side of the teacher: label(frame, groups) over gRPC.
+
+Deliberately light (grpc, protobuf, numpy, OpenCV; never torch) so it runs on
+the edge device. It retries what is worth retrying (UNAVAILABLE, and
+RESOURCE_EXHAUSTED when the server says when to come back) within the
+caller's deadline, and otherwise raises a typed error, so the agent can keep
+segmenting with its student while the teacher is away.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import cv2
+import grpc
+import numpy as np
+
+from protos import teacher_pb2, teacher_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
+class TeacherError(Exception):
+    """A label request failed. `code` is the grpc.StatusCode, `details` the server's message."""
+
+    def __init__(self, message: str, code: Optional[grpc.StatusCode] = None, details: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+class TeacherUnavailable(TeacherError):
+    """The teacher could not answer in time (down, overloaded, shutting down): try again later."""
+
+
+class TeacherTimeout(TeacherUnavailable):
+    """The deadline passed before the teacher answered."""
+
+
+class TeacherRejected(TeacherError):
+    """The teacher refused this request (bad frame, unknown group, wrong token): retrying will not help."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A teacher detection in the label map: box in pixels (x0, y0, x1, y1), group_index 1-based."""
+
+    box: tuple[float, float, float, float]
+    group: str
+    group_index: int
+    score: float
+    class_name: str = ""
+
+
+@dataclass
+class TeacherLabels:
+    """The teacher's answer for one frame: label_map uint8 (H, W), 0 = background, k = groups[k-1]."""
+
+    frame_index: int
+    label_map: np.ndarray
+    instances: list[Instance]
+    groups: tuple[str, ...]
+    model_name: str
+    model_version: str
+    timings: dict[str, float] = field(default_factory=dict)
+    #: Client-side wall time for the whole call, retries included.
+    latency_s: float = 0.0
+    attempts: int = 1
+
+
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def _parse_url(url: str) -> tuple[str, Optional[bool]]:
+    """'grpc://h:p' -> (h:p, False); 'grpcs://h:p' -> (h:p, True); 'h:p' -> (h:p, None)."""
+    for scheme, tls in (("grpcs://", True), ("grpc://", False)):
+        if url.startswith(scheme):
+            return url[len(scheme) :].rstrip("/"), tls
+    return url, None
+
+
+def encode_frame(frame_rgb: np.ndarray, encoding: str, jpeg_quality: int = 90) -> dict[str, Any]:
+    """The image fields of a LabelRequest for an RGB uint8 frame."""
+    frame_rgb = np.asarray(frame_rgb)
+    if frame_rgb.dtype != np.uint8 or frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3:
+        raise ValueError(f"frame must be RGB uint8 (H, W, 3), got {frame_rgb.dtype} {frame_rgb.shape}")
+    if encoding == "raw":
+        h, w, c = frame_rgb.shape
+        return {"raw": teacher_pb2.RawImage(data=np.ascontiguousarray(frame_rgb).tobytes(), height=h, width=w, channels=c)}
+    bgr = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
+    if encoding == "jpeg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    elif encoding == "png":
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        raise ValueError(f"unknown encoding {encoding!r}; use 'jpeg', 'png' or 'raw'")
+    if not ok:
+        raise ValueError(f"could not {encoding}-encode the frame")
+    return {"encoded": buf.tobytes()}
+
+
+def labels_from_response(response: teacher_pb2.LabelResponse) -> TeacherLabels:
+    """Decode a LabelResponse (also usable on LabelStream answers without an error)."""
+    label_map = cv2.imdecode(np.frombuffer(response.label_map_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if label_map is None or label_map.ndim != 2 or label_map.shape != (response.height, response.width):
+        raise TeacherError("the teacher sent a label map that is not a (height, width) 8-bit PNG")
+    t = response.timings
+    return TeacherLabels(
+        frame_index=int(response.frame_index),
+        label_map=label_map,
+        instances=[
+            Instance(
+                box=(i.box.x0, i.box.y0, i.box.x1, i.box.y1),
+                group=i.group,
+                group_index=int(i.group_index),
+                score=float(i.score),
+                class_name=i.class_name,
+            )
+            for i in response.instances
+        ],
+        groups=tuple(response.groups),
+        model_name=response.model_name,
+        model_version=response.model_version,
+        timings={
+            "decode_ms": t.decode_ms,
+            "queue_ms": t.queue_ms,
+            "inference_ms": t.inference_ms,
+            "postprocess_ms": t.postprocess_ms,
+            "encode_ms": t.encode_ms,
+            "total_ms": t.total_ms,
+            "batch_size": float(t.batch_size),
+        },
+    )
+
+
+def _retry_after_s(error: grpc.RpcError) -> Optional[float]:
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                return float(value) / 1000.0
+            except ValueError:
+                return None
+    return None
+
+
+class TeacherClient:
+    """Label frames with a remote teacher.
+
+    >>> with TeacherClient("grpc://127.0.0.1:50051", camera_id="cam0") as teacher:
+    ...     labels = teacher.label(frame_rgb, ["person", "auto"], frame_index=42)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: Optional[str] = None,
+        root_cert: Optional[Union[str, Path, bytes]] = None,
+        camera_id: str = "cam0",
+        timeout_s: float = 10.0,
+        max_attempts: int = 4,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 2.0,
+        encoding: str = "jpeg",
+        jpeg_quality: int = 90,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if encoding not in ("jpeg", "png", "raw"):
+            raise ValueError(f"unknown encoding {encoding!r}; use 'jpeg', 'png' or 'raw'")
+        target, tls = _parse_url(url)
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if root_cert is not None or tls:
+            cert = root_cert if isinstance(root_cert, (bytes, type(None))) else Path(root_cert).read_bytes()
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=cert), options)
+        else:
+            self._channel = grpc.insecure_channel(target, options)
+        self._stub = teacher_pb2_grpc.TeacherStub(self._channel)
+        self.url = url
+        self.camera_id = camera_id
+        self.timeout_s = float(timeout_s)
+        self.max_attempts = int(max_attempts)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.encoding = encoding
+        self.jpeg_quality = int(jpeg_quality)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._lock = threading.Lock()
+
+    # -- calls -----------------------------------------------------------------------------
+    def label(
+        self,
+        frame_rgb: np.ndarray,
+        groups: Sequence[str],
+        *,
+        frame_index: int,
+        score_threshold: Optional[float] = None,
+        deadline_s: Optional[float] = None,
+    ) -> TeacherLabels:
+        """Teacher labels for one RGB uint8 frame; `deadline_s` bounds the whole call, retries included.
+
+        Raises TeacherRejected (do not resend this request), TeacherTimeout or
+        TeacherUnavailable (keep going without the teacher, try again later).
+        """
+        request = self.request(frame_rgb, groups, frame_index=frame_index, score_threshold=score_threshold)
+        budget = self.timeout_s if deadline_s is None else float(deadline_s)
+        start = time.monotonic()
+        end = start + budget
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise TeacherTimeout(
+                    f"teacher at {self.url} did not answer frame {frame_index} within {budget:.2f} s",
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+            try:
+                response = self._stub.Label(request, timeout=remaining, metadata=self._metadata)
+            except grpc.RpcError as error:
+                code, details = error.code(), error.details() or ""
+                retry_after = _retry_after_s(error)
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise TeacherTimeout(
+                        f"teacher at {self.url} did not answer frame {frame_index} within {budget:.2f} s: {details}",
+                        code,
+                        details,
+                    ) from None
+                retryable = code == grpc.StatusCode.UNAVAILABLE or (
+                    code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None
+                )
+                if not retryable:
+                    cls = TeacherUnavailable if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) else TeacherRejected
+                    raise cls(f"teacher rejected frame {frame_index}: {code.name}: {details}", code, details) from None
+                backoff = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                wait = max(backoff, retry_after or 0.0)
+                if attempt >= self.max_attempts or time.monotonic() + wait >= end:
+                    raise TeacherUnavailable(
+                        f"teacher at {self.url} unavailable after {attempt} attempt(s): {code.name}: {details}",
+                        code,
+                        details,
+                    ) from None
+                log.debug("teacher %s: %s, retrying in %.3f s", self.url, code.name, wait)
+                time.sleep(wait)
+                continue
+            labels = labels_from_response(response)
+            labels.latency_s = time.monotonic() - start
+            labels.attempts = attempt
+            return labels
+
+    def submit(self, frame_rgb: np.ndarray, groups: Sequence[str], **kwargs: Any) -> "Future[TeacherLabels]":
+        """label() on a background thread, so the agent keeps segmenting while the teacher works."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="teacher-client")
+            return self._executor.submit(self.label, np.array(frame_rgb, copy=True), list(groups), **kwargs)
+
+    def info(self, *, deadline_s: Optional[float] = None) -> teacher_pb2.InfoResponse:
+        """The server's model, version, class groups and limits."""
+        try:
+            return self._stub.GetInfo(teacher_pb2.InfoRequest(), timeout=deadline_s or self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as error:
+            code = error.code()
+            cls = TeacherUnavailable if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else TeacherRejected
+            raise cls(f"teacher at {self.url}: {code.name}: {error.details()}", code, error.details() or "") from None
+
+    def stream(self, requests: Iterable[teacher_pb2.LabelRequest], *, timeout_s: Optional[float] = None) -> Iterable[teacher_pb2.LabelResponse]:
+        """Raw LabelStream for callers that pipeline many frames on one connection."""
+        return self._stub.LabelStream(iter(requests), timeout=timeout_s, metadata=self._metadata)
+
+    def request(self, frame_rgb: np.ndarray, groups: Sequence[str], *, frame_index: int, score_threshold: Optional[float] = None) -> teacher_pb2.LabelRequest:
+        """A LabelRequest for this camera (for stream())."""
+        fields: dict[str, Any] = dict(
+            camera_id=self.camera_id, frame_index=int(frame_index), groups=list(groups),
+            **encode_frame(frame_rgb, self.encoding, self.jpeg_quality),
+        )
+        if score_threshold is not None:
+            fields["score_threshold"] = float(score_threshold)
+        return teacher_pb2.LabelRequest(**fields)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+        self._channel.close()
+
+    def __enter__(self) -> "TeacherClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,123 @@
+"""Frames in, label maps out: the byte formats on the wire, checked before any work.
+
+A bad frame must be refused with a message the camera's operator can act on,
+before it costs model time or memory: corrupt or truncated files, empty
+frames, raw buffers that do not match their declared shape, and images whose
+header claims more pixels than the server accepts.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Optional
+
+import cv2
+import numpy as np
+
+#: Refuse frames with more pixels than this (8K UHD is 33 Mpx).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+class FrameError(ValueError):
+    """The frame cannot be used; the message says what is wrong with it."""
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from the first SOF marker, without decoding."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise FrameError("corrupt JPEG: bad marker structure")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _JPEG_SOF:
+            if pos + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return height, width
+        if length < 2:
+            raise FrameError("corrupt JPEG: bad segment length")
+        pos += 2 + length
+    raise FrameError("corrupt JPEG: no frame header (SOF) found")
+
+
+def encoded_size(data: bytes) -> tuple[int, int]:
+    """(height, width) a JPEG or PNG declares in its header."""
+    if data.startswith(_PNG_MAGIC):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise FrameError("corrupt PNG: missing IHDR header")
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    if data.startswith(_JPEG_MAGIC):
+        return _jpeg_size(data)
+    raise FrameError("frame is neither JPEG nor PNG; send JPEG/PNG bytes or a raw RGB buffer with its shape")
+
+
+def decode_encoded(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG bytes -> RGB uint8 (H, W, 3)."""
+    if not data:
+        raise FrameError("empty frame: no image bytes were sent")
+    height, width = encoded_size(data)
+    _check_size(height, width, max_pixels)
+    if data.startswith(_JPEG_MAGIC):
+        eoi = data.rfind(b"\xff\xd9")
+        # Scan data cannot contain FFD9 (0xFF is byte-stuffed), so a missing
+        # end marker near the end means the file was cut short.
+        if eoi < 0 or len(data) - (eoi + 2) > 4096:
+            raise FrameError("truncated JPEG: the end-of-image marker is missing; resend the whole file")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        kind = "PNG" if data.startswith(_PNG_MAGIC) else "JPEG"
+        raise FrameError(f"corrupt {kind}: it could not be decoded")
+    if image.shape[:2] != (height, width):
+        raise FrameError(f"corrupt image: header says {height}x{width}, decoded {image.shape[0]}x{image.shape[1]}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_raw(data: bytes, height: int, width: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A raw RGB uint8 buffer and its declared shape -> (H, W, 3), copied so it is writable."""
+    if height == 0 or width == 0 or not data:
+        raise FrameError(f"empty frame: raw image is {height}x{width} with {len(data)} bytes")
+    if channels != 3:
+        raise FrameError(f"raw frames must be RGB with channels=3, got channels={channels}")
+    _check_size(height, width, max_pixels)
+    expected = height * width * channels
+    if len(data) != expected:
+        raise FrameError(
+            f"raw frame has {len(data)} bytes but {height}x{width}x{channels} uint8 needs {expected}"
+        )
+    return np.frombuffer(data, np.uint8).reshape(height, width, channels).copy()
+
+
+def _check_size(height: int, width: int, max_pixels: Optional[int]) -> None:
+    if height == 0 or width == 0:
+        raise FrameError(f"empty frame: image is {height}x{width}")
+    if max_pixels is not None and height * width > max_pixels:
+        raise FrameError(f"frame is {height}x{width} = {height * width} pixels; this server accepts at most {max_pixels}")
+
+
+def encode_label_map(label_map: np.ndarray) -> bytes:
+    """uint8 (H, W) -> single-channel 8-bit PNG (fast, lossless)."""
+    if label_map.dtype != np.uint8 or label_map.ndim != 2:
+        raise ValueError(f"label map must be uint8 (H, W), got {label_map.dtype} {label_map.shape}")
+    ok, buf = cv2.imencode(".png", label_map, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("PNG encoding of the label map failed")
+    return buf.tobytes()
+
+
+def decode_label_map(data: bytes) -> np.ndarray:
+    """The inverse of encode_label_map."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError("label map is not a single-channel 8-bit PNG")
+    return image

@@ -1,0 +1,60 @@
+"""Prometheus metrics of one teacher server (own registry, so servers in one process stay apart)."""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+class TeacherMetrics:
+    """Requests by status, batch sizes, queue depth and latency."""
+
+    def __init__(self, queue_depth: Callable[[], float], registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "jitnet_teacher_requests", "Label requests answered, by gRPC status code", ["code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "jitnet_teacher_request_latency_seconds",
+            "Server-side time per successful label request (decode to encode)",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "jitnet_teacher_batch_size", "Frames computed together", buckets=_BATCH_BUCKETS, registry=self.registry
+        )
+        self.batch_seconds = Histogram(
+            "jitnet_teacher_batch_seconds", "Model time per batch", buckets=_LATENCY_BUCKETS, registry=self.registry
+        )
+        self.frames = Counter("jitnet_teacher_frames_computed", "Frames the model computed", registry=self.registry)
+        self.queue_depth = Gauge("jitnet_teacher_queue_depth", "Frames waiting for a batch", registry=self.registry)
+        self.queue_depth.set_function(queue_depth)
+        self._http = None
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+        self.frames.inc(size)
+
+    def observe_request(self, code: str, seconds: Optional[float] = None) -> None:
+        self.requests.labels(code=code).inc()
+        if seconds is not None:
+            self.latency.observe(seconds)
+
+    def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
+        """Expose /metrics over HTTP; returns the port (useful when port=0)."""
+        httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = httpd
+        return int(httpd.server_address[1])
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

@@ -1,0 +1,245 @@
+"""Start a teacher server, in its own process (the CLI) or embedded in another one.
+
+`start_server` wires the pieces together: a labeler behind a dynamic batcher,
+the gRPC servicer, health checking and reflection, optional TLS and tokens,
+and Prometheus metrics. It returns a handle with the address and a graceful
+`stop`, so the SDK and tests can run a real teacher on a free port.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos import teacher_pb2, teacher_pb2_grpc
+from teacher_server.auth import TokenAuth, load_tokens
+from teacher_server.backends.base import TeacherBackend
+from teacher_server.batcher import BatcherStats, DynamicBatcher
+from teacher_server.codec import DEFAULT_MAX_PIXELS
+from teacher_server.labeler import Labeler
+from teacher_server.metrics import TeacherMetrics
+from teacher_server.semantic import DEFAULT_SCORE_THRESHOLD
+from teacher_server.service import LabelPayload, TeacherServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server listens, batches and protects itself."""
+
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (see ServerHandle.port).
+    port: int = 50051
+    #: Frames computed together at most; 1 turns batching off.
+    max_batch: int = 8
+    #: How long the oldest queued frame may wait for others to join its batch.
+    max_delay_ms: float = 10.0
+    #: Frames waiting in total; beyond it requests get RESOURCE_EXHAUSTED + retry-after.
+    max_queue: int = 64
+    #: Frames one camera may have waiting (default max_queue // 4).
+    max_queue_per_camera: Optional[int] = None
+    #: Largest request or response accepted (a 4K raw RGB frame is ~25 MB).
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    #: Calls handled at once (each open stream counts as one).
+    max_concurrent_rpcs: int = 256
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    #: camera_id -> bearer token; None = no authentication.
+    tokens: Optional[Mapping[str, str]] = None
+    tls_cert: Optional[Union[str, Path]] = None
+    tls_key: Optional[Union[str, Path]] = None
+    #: HTTP port for Prometheus /metrics; None = off, 0 = a free port.
+    metrics_port: Optional[int] = None
+    metrics_host: str = "127.0.0.1"
+    #: Run one frame through the model before serving, so the first camera is not slow.
+    warmup: bool = True
+
+
+@dataclass
+class ServerHandle:
+    """A running teacher. `url` is what TeacherClient takes."""
+
+    host: str
+    port: int
+    tls: bool
+    labeler: Labeler
+    batcher: DynamicBatcher
+    metrics: TeacherMetrics
+    metrics_port: Optional[int]
+    _server: grpc.Server = field(repr=False)
+    _health: health.HealthServicer = field(repr=False)
+    _servicer: TeacherServicer = field(repr=False)
+    _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def target(self) -> str:
+        """host:port, as grpc.insecure_channel / secure_channel take it."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "[::]", "::") else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{'grpcs' if self.tls else 'grpc'}://{self.target}"
+
+    @property
+    def metrics_url(self) -> Optional[str]:
+        return None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def stats(self) -> BatcherStats:
+        return self.batcher.stats
+
+    def stop(self, grace: Optional[float] = 5.0) -> None:
+        """Stop taking new calls, finish the ones in flight (up to `grace` s), then close."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("teacher on %s shutting down (grace %s s)", self.target, grace)
+        self._health.enter_graceful_shutdown()
+        self._servicer.shutting_down.set()
+        self.batcher.close_intake()
+        done = self._server.stop(grace)
+        self.batcher.drain(grace)
+        done.wait(None if grace is None else grace + 5.0)
+        self.batcher.stop(0)
+        self.metrics.close()
+        log.info("teacher on %s stopped", self.target)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until the server terminates (e.g. after stop from a signal handler)."""
+        return self._server.wait_for_termination(timeout)
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def start_server(
+    teacher: Union[str, TeacherBackend, Labeler],
+    config: Optional[ServerConfig] = None,
+    **overrides: Any,
+) -> ServerHandle:
+    """Serve `teacher` (a backend name like "yolov5s-seg", a backend, or a Labeler).
+
+    Keyword overrides replace fields of `config`, e.g.
+    ``start_server("yolov5s-seg", port=0, max_batch=4)``.
+    """
+    config = replace(config or ServerConfig(), **overrides)
+    if isinstance(teacher, Labeler):
+        labeler = teacher
+    elif isinstance(teacher, TeacherBackend):
+        labeler = Labeler(teacher, score_threshold=config.score_threshold)
+    else:
+        labeler = Labeler.from_name(teacher)
+    if config.warmup:
+        log.info("warming up %s", labeler.model_name)
+        labeler.backend.warmup()
+
+    def process(payloads: list[LabelPayload]) -> list:
+        return labeler.label_batch(
+            [p.frame for p in payloads],
+            [p.spec for p in payloads],
+            [p.score_threshold if p.score_threshold is not None else config.score_threshold for p in payloads],
+        )
+
+    metrics_holder: dict[str, TeacherMetrics] = {}
+    batcher = DynamicBatcher(
+        process,
+        max_batch=config.max_batch,
+        max_delay_s=config.max_delay_ms / 1000.0,
+        max_queue=config.max_queue,
+        max_queue_per_camera=config.max_queue_per_camera,
+        on_batch=lambda size, seconds: metrics_holder["m"].observe_batch(size, seconds),
+    )
+    metrics = TeacherMetrics(queue_depth=batcher.queue_depth)
+    metrics_holder["m"] = metrics
+    auth = TokenAuth(config.tokens) if config.tokens else None
+    servicer = TeacherServicer(
+        batcher,
+        model_name=labeler.model_name,
+        model_version=labeler.model_version,
+        default_score_threshold=config.score_threshold,
+        metrics=metrics,
+        auth=auth,
+        max_pixels=config.max_pixels,
+        max_message_bytes=config.max_message_bytes,
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_concurrent_rpcs, thread_name_prefix="teacher-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # never share a port silently with another server
+        ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
+    teacher_pb2_grpc.add_TeacherServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    address = f"{config.host}:{config.port}"
+    tls = bool(config.tls_cert or config.tls_key)
+    try:
+        if tls:
+            if not (config.tls_cert and config.tls_key):
+                raise ValueError("TLS needs both a certificate (--tls-cert) and its private key (--tls-key)")
+            credentials = grpc.ssl_server_credentials(
+                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+            )
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}; is the port in use? pick another with --port") from exc
+    if port == 0:
+        raise OSError(f"cannot listen on {address}; is the port in use? pick another with --port")
+
+    batcher.start()
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_port = metrics.serve_http(config.metrics_port, config.metrics_host) if config.metrics_port is not None else None
+    handle = ServerHandle(
+        host=config.host,
+        port=port,
+        tls=tls,
+        labeler=labeler,
+        batcher=batcher,
+        metrics=metrics,
+        metrics_port=metrics_port,
+        _server=server,
+        _health=health_servicer,
+        _servicer=servicer,
+    )
+    log.info(
+        "teacher %s (%s) listening on %s%s; batching max %d frames / %.1f ms, queue %d%s",
+        labeler.model_name,
+        labeler.model_version,
+        handle.url,
+        f", metrics on {handle.metrics_url}" if metrics_port is not None else "",
+        config.max_batch,
+        config.max_delay_ms,
+        config.max_queue,
+        ", tokens required" if auth else "",
+    )
+    return handle
+
+
+def tokens_from_file(path: Optional[Union[str, Path]]) -> Optional[dict[str, str]]:
+    """For the CLI: None stays None, a path is read with load_tokens."""
+    return load_tokens(path) if path else None
