@@ -216,6 +216,11 @@ class TeacherClient:
         TeacherUnavailable (keep going without the teacher, try again later).
         """
         request = self.request(frame_rgb, groups, frame_index=frame_index, score_threshold=score_threshold)
+        return self.send(request, deadline_s=deadline_s)
+
+    def send(self, request: teacher_pb2.LabelRequest, *, deadline_s: Optional[float] = None) -> TeacherLabels:
+        """label() for a prepared LabelRequest (see request()), e.g. one encoded once and sent again."""
+        frame_index = request.frame_index
         budget = self.timeout_s if deadline_s is None else float(deadline_s)
         start = time.monotonic()
         end = start + budget
