@@ -63,20 +63,28 @@ def training_api() -> Any:
     the real ``__path__`` is registered first when the package is not loaded.
     """
     check_environment()
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise RuntimeEnvironmentError(f"onnxruntime does not import ({exc}); {FIX}") from exc
-    folder = Path(onnxruntime.__file__).parent / "training"
+    import importlib.util
+
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeEnvironmentError(f"onnxruntime is not importable; {FIX}")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "training"
     if not (folder / "api").is_dir():
         raise RuntimeEnvironmentError(
             f"{folder} has no training API: the onnxruntime package was overwritten by a non-training build; {FIX}"
         )
-    if "onnxruntime.training" not in sys.modules:
+    if "onnxruntime.training" not in sys.modules and "torch" not in sys.modules:
+        # `import onnxruntime` probes ORTModule (torch) in training builds;
+        # a bare training package and a blocked ortmodule keep torch out.
         package = types.ModuleType("onnxruntime.training")
         package.__path__ = [str(folder)]  # type: ignore[attr-defined]
         package.__package__ = "onnxruntime.training"
         sys.modules["onnxruntime.training"] = package
+        sys.modules.setdefault("onnxruntime.training.ortmodule", None)  # type: ignore[arg-type]
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeEnvironmentError(f"onnxruntime does not import ({exc}); {FIX}") from exc
     try:
         from onnxruntime.training import api
     except ImportError as exc:
