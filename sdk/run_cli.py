@@ -1,0 +1,78 @@
+"""`jitnet run SOURCE --teacher URL`: segment a stream with online distillation."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from edge_agent.config import DistillConfig
+
+log = logging.getLogger(__name__)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--classes", default="person", help="class groups, e.g. person,auto")
+    parser.add_argument("--threshold", type=float, default=DistillConfig.accuracy_threshold,
+                        help="mean IoU against the teacher that ends training on a teacher frame (0.7/0.8/0.9)")
+    parser.add_argument("--artifacts", type=Path, help="artifact directory from `jitnet export` (default: exported on first use)")
+    parser.add_argument("--width", type=float, default=0.5, help="student width when exporting on first use")
+    parser.add_argument("--scale", type=float, default=DistillConfig.input_scale, help="resize frames by this factor for the student")
+    parser.add_argument("--backend", choices=("ort", "torch"), default="ort")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--state", type=Path, help="state directory: restore at start, save periodically and on exit")
+    parser.add_argument("--out", type=Path, help="overlay video to write (.mp4)")
+    parser.add_argument("--log", type=Path, help="per-frame JSONL log")
+    parser.add_argument("--max-frames", type=int)
+    parser.add_argument("--summary", type=Path, help="write the summary as JSON here too")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="video file, camera index, rtsp:// or http:// URL")
+    parser.add_argument("--teacher", required=True,
+                        help="grpc://host:port, grpcs://host:port, or embedded[:yolov5s-seg|yolov7-seg]")
+    parser.add_argument("--token", help="bearer token for the teacher")
+    parser.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                        help="live mode (default for cameras and URLs) or replay (default for files)")
+    parser.add_argument("--degraded-ok", action="store_true",
+                        help="start even if the teacher does not answer (segment with the current student)")
+    add_common_arguments(parser)
+
+
+def open_session(args: argparse.Namespace, teacher: str, *, strict: bool = True):
+    import sdk
+
+    return sdk.connect(
+        teacher,
+        threshold=args.threshold,
+        config=DistillConfig(input_scale=args.scale),
+        classes=args.classes,
+        width=args.width,
+        artifacts=args.artifacts,
+        backend=args.backend,
+        device=args.device,
+        state_dir=args.state,
+        token=getattr(args, "token", None),
+        strict=strict,
+    )
+
+
+def print_summary(summary: dict, path: Path | None) -> None:
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        print(f"  {key:<{width}}  {value}")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2))
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdk.runner import run_stream
+
+    with open_session(args, args.teacher, strict=not args.degraded_ok) as session:
+        summary = run_stream(session, args.source, out_video=args.out, log_path=args.log, live=args.live,
+                             max_frames=args.max_frames, progress=not args.no_progress)
+    print("summary:")
+    print_summary(summary, args.summary)
+    return 130 if summary.get("interrupted") else 0

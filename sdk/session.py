@@ -1,0 +1,194 @@
+"""`sdk.connect(teacher_url).segment(stream)`: the whole system behind one call.
+
+A Session owns the student (an artifact directory and its trainer), the
+teacher connection (remote, or an embedded server in this process), and
+optionally a state directory that keeps what the student learnt across
+restarts.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+from edge_agent.agent import DistillationAgent, FrameResult
+from edge_agent.config import DistillConfig
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded"
+
+
+def default_artifacts(classes: Sequence[str], width: float) -> Path:
+    """Artifacts for these classes, exported once into the user's cache (needs torch)."""
+    import os
+
+    root = Path(os.environ.get("JITNET_CACHE", Path.home() / ".cache" / "jitnet-edge")) / "artifacts"
+    target = root / f"{'-'.join(classes)}-w{width:g}"
+    try:
+        from edge_agent.manifest import load_manifest
+
+        manifest = load_manifest(target)
+        if manifest.class_names[1:] == list(classes):
+            return target
+    except Exception:
+        pass
+    try:
+        from export.artifacts import generate
+    except ImportError as exc:
+        raise RuntimeError(
+            f"no artifacts given and PyTorch is not installed to export them ({exc}); run "
+            f"`jitnet export --classes {','.join(classes)} --out DIR` on a machine with jitnet-edge[export] "
+            "and pass artifacts=DIR"
+        ) from exc
+    log.info("exporting JITNet artifacts for %s (width %g) to %s", list(classes), width, target)
+    generate(target, class_names=list(classes), width=width)
+    return target
+
+
+@dataclass
+class SessionOptions:
+    classes: tuple[str, ...] = ("person",)
+    width: float = 0.5
+    artifacts: Optional[Path] = None
+    backend: str = "ort"
+    device: str = "auto"
+    threads: Optional[int] = None
+    state_dir: Optional[Path] = None
+    save_every_s: float = 60.0
+    camera_id: str = "cam0"
+    token: Optional[str] = None
+    root_cert: Optional[Path] = None
+    teacher_timeout_s: float = 30.0
+    #: Raise at connect() when the teacher does not answer; False = run degraded.
+    strict: bool = True
+
+
+class Session:
+    """A connected student + teacher.  Use as a context manager, or call close()."""
+
+    def __init__(self, teacher_url: Optional[str], config: DistillConfig, options: SessionOptions):
+        from edge_agent.trainer import load_trainer
+
+        self.config, self.options = config, options
+        self._server = None
+        self.teacher = None
+        self.teacher_info: dict[str, Any] = {}
+        self.url = teacher_url
+        if teacher_url and teacher_url.startswith(EMBEDDED_PREFIX):
+            self.url = self._start_embedded(teacher_url)
+        artifacts = options.artifacts or default_artifacts(options.classes, options.width)
+        self.trainer = load_trainer(artifacts, backend=options.backend, device=options.device, threads=options.threads)
+        if options.state_dir is not None:
+            self.trainer.restore(options.state_dir)
+        if self.url:
+            self._connect_teacher()
+        self._last_save = time.monotonic()
+
+    def _start_embedded(self, url: str) -> str:
+        from teacher_server.server import start_server
+
+        backend = url.partition(":")[2] or "yolov5s-seg"
+        self._server = start_server(backend, port=0, max_batch=1)
+        log.info("embedded teacher %s on %s", backend, self._server.url)
+        return self._server.url
+
+    def _connect_teacher(self) -> None:
+        from edge_agent.teacher_client import TeacherClient, TeacherError
+
+        o = self.options
+        self.teacher = TeacherClient(self.url, token=o.token, root_cert=o.root_cert, camera_id=o.camera_id,
+                                     timeout_s=o.teacher_timeout_s)
+        try:
+            info = self.teacher.info(deadline_s=min(5.0, o.teacher_timeout_s))
+            self.teacher_info = {"model": info.model_name, "version": info.model_version}
+        except TeacherError as exc:
+            if o.strict:
+                self.close()
+                raise ConnectionError(
+                    f"teacher at {self.url} does not answer ({exc}); check the address and that "
+                    "`jitnet teacher` runs there, or connect with strict=False to segment with the "
+                    "current student and keep retrying the teacher"
+                ) from exc
+            log.warning("teacher at %s does not answer (%s); running degraded, retrying in the background", self.url, exc)
+
+    # -- the main call ---------------------------------------------------------
+    def segment(
+        self,
+        stream: Any,
+        *,
+        live: Optional[bool] = None,
+        max_frames: Optional[int] = None,
+    ) -> Iterator[FrameResult]:
+        """Segment every frame of ``stream`` (path, camera index, URL, or iterable of RGB frames)."""
+        from sdk.streams import open_stream
+
+        with open_stream(stream, live=live, max_frames=max_frames) as frames:
+            self.stream_info = {"description": frames.description, "fps": frames.fps, "live": frames.live,
+                                "frame_count": frames.frame_count}
+            self.agent = DistillationAgent(self.trainer, self.teacher, self.config, live=frames.live)
+            self.frames_stats = frames.stats
+            try:
+                for frame in frames:
+                    result = self.agent.process(frame.index, frame.image_rgb)
+                    self._maybe_save()
+                    yield result
+            finally:
+                self.save()
+
+    def _maybe_save(self) -> None:
+        if self.options.state_dir is not None and time.monotonic() - self._last_save >= self.options.save_every_s:
+            self.save()
+
+    def save(self) -> Optional[Path]:
+        """Snapshot the student now (no-op without a state_dir)."""
+        if self.options.state_dir is None:
+            return None
+        self._last_save = time.monotonic()
+        path = self.trainer.save(self.options.state_dir)
+        log.info("saved student state to %s", path)
+        return path
+
+    def close(self) -> None:
+        if self.teacher is not None:
+            self.teacher.close()
+            self.teacher = None
+        if self._server is not None:
+            self._server.stop(grace=2.0)
+            self._server = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def connect(
+    teacher_url: Optional[str] = None,
+    *,
+    threshold: float = DistillConfig.accuracy_threshold,
+    config: Optional[DistillConfig] = None,
+    **options: Any,
+) -> Session:
+    """Connect a student to a teacher.
+
+    ``teacher_url``: ``grpc://host:port`` (``grpcs://`` for TLS), or
+    ``"embedded"`` / ``"embedded:yolov7-seg"`` to run the teacher in this
+    process, or None for a student that never learns.  ``options`` are the
+    fields of :class:`SessionOptions` (classes, width, artifacts, backend,
+    state_dir, token, strict, ...).  With ``strict=True`` (default) an
+    unreachable teacher raises ConnectionError here; with ``strict=False`` the
+    session segments with its current student and keeps retrying.
+    """
+    config = replace(config or DistillConfig(), accuracy_threshold=threshold)
+    unknown = set(options) - set(SessionOptions.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}; see sdk.session.SessionOptions")
+    opts = SessionOptions(**options)
+    if isinstance(opts.classes, str):
+        opts.classes = tuple(c.strip() for c in opts.classes.split(",") if c.strip())
+    opts.classes = tuple(opts.classes)
+    return Session(teacher_url, config, opts)
