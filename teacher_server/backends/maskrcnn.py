@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -66,6 +66,7 @@ class MaskRCNNBackend(TeacherBackend):
         min_size: int = 800,
         max_size: int = 1333,
         max_detections: int = 100,
+        **builder_options: Any,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -80,6 +81,7 @@ class MaskRCNNBackend(TeacherBackend):
             min_size=min_size,
             max_size=max_size,
             box_detections_per_img=max_detections,
+            **builder_options,  # e.g. rpn_post_nms_top_n_test, passed to torchvision's builder
         )
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

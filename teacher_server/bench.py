@@ -1,0 +1,176 @@
+"""`jitnet bench teacher`: throughput and latency of a real teacher server, batching on and off.
+
+Each simulated camera is a thread with its own TeacherClient that sends real
+DAVIS frames back to back (closed loop) to a server on a free localhost port.
+For every camera count the same backend is served twice, with max_batch=1
+(batching off) and with dynamic batching, and the JSON holds one row each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+_SEQUENCES = (("dog", "dog"), ("car-shadow", "auto"), ("breakdance", "person"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="yolov5s-seg", help="teacher backend name")
+    parser.add_argument("--weights", default=None, help="weights file (maskrcnn)")
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--cameras", default="1,4,16", help="comma-separated camera counts")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per configuration")
+    parser.add_argument("--max-batch", type=int, default=8, help="max batch size when batching is on")
+    parser.add_argument("--max-delay-ms", type=float, default=10.0, help="batching window when batching is on")
+    parser.add_argument("--frames", type=int, default=12, help="distinct DAVIS frames to cycle through")
+    parser.add_argument("--davis-root", default=None, help="DAVIS 2016 folder (default ../shared/data/davis2016 or $JITNET_DAVIS_ROOT)")
+    parser.add_argument("--json", dest="json_path", default=None, help="write the results here")
+
+
+def _davis_root(arg: Optional[str]) -> Path:
+    if arg:
+        return Path(arg)
+    if os.environ.get("JITNET_DAVIS_ROOT"):
+        return Path(os.environ["JITNET_DAVIS_ROOT"])
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016"
+
+
+def load_frames(root: Path, count: int) -> list[tuple[bytes, str]]:
+    """(JPEG bytes as stored, group) for `count` real frames spread over three sequences."""
+    frames = []
+    for k in range(count):
+        seq, group = _SEQUENCES[k % len(_SEQUENCES)]
+        files = sorted((root / "JPEGImages" / seq).glob("*.jpg"))
+        if not files:
+            raise SystemExit(f"no DAVIS frames under {root / 'JPEGImages' / seq}; pass --davis-root")
+        frames.append((files[(k // len(_SEQUENCES)) * 7 % len(files)].read_bytes(), group))
+    return frames
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: float, handle: Any) -> dict[str, Any]:
+    """Closed-loop load from `cameras` clients for `seconds`; frames/s, latency, mean batch."""
+    from edge_agent.teacher_client import TeacherClient, TeacherError
+    from protos import teacher_pb2
+
+    clients = [TeacherClient(url, camera_id=f"cam{c}", timeout_s=120.0, max_attempts=8) for c in range(cameras)]
+    requests = [
+        [teacher_pb2.LabelRequest(camera_id=f"cam{c}", frame_index=i, encoded=data, groups=[group]) for i, (data, group) in enumerate(frames)]
+        for c in range(cameras)
+    ]
+    for c in range(cameras):  # warm the connections (and the model at this batch size)
+        clients[c].send(requests[c][0])
+    latencies: list[list[float]] = [[] for _ in range(cameras)]
+    errors = [0] * cameras
+    start_barrier = threading.Barrier(cameras + 1)
+    stop_at = [0.0]
+
+    def camera(c: int) -> None:
+        start_barrier.wait()
+        i = c  # cameras start on different frames
+        while time.monotonic() < stop_at[0]:
+            req = requests[c][i % len(frames)]
+            i += 1
+            try:
+                labels = clients[c].send(req)
+            except TeacherError:
+                errors[c] += 1
+                continue
+            latencies[c].append(labels.latency_s)
+
+    threads = [threading.Thread(target=camera, args=(c,), daemon=True) for c in range(cameras)]
+    for t in threads:
+        t.start()
+    before = (handle.stats.computed, handle.stats.batches)
+    t0 = time.monotonic()
+    stop_at[0] = t0 + seconds
+    start_barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    computed = handle.stats.computed - before[0]
+    batches = handle.stats.batches - before[1]
+    for client in clients:
+        client.close()
+    flat = [x for lat in latencies for x in lat]
+    per_camera_fps = [len(lat) / elapsed for lat in latencies]
+    return {
+        "fps": len(flat) / elapsed,
+        "p50_ms": _percentile(flat, 50) * 1e3,
+        "p99_ms": _percentile(flat, 99) * 1e3,
+        "mean_batch": computed / batches if batches else 0.0,
+        "frames": len(flat),
+        "errors": sum(errors),
+        "seconds": elapsed,
+        "camera_fps_min": min(per_camera_fps),
+        "camera_fps_max": max(per_camera_fps),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from teacher_server.backends import load_backend
+    from teacher_server.server import start_server
+
+    camera_counts = [int(x) for x in str(args.cameras).split(",") if x.strip()]
+    frames = load_frames(_davis_root(args.davis_root), args.frames)
+    backend = load_backend(args.backend, weights=args.weights, device=args.device)
+    backend.warmup()
+    rows = []
+    for batching in (False, True):
+        max_batch = args.max_batch if batching else 1
+        for cameras in camera_counts:
+            handle = start_server(
+                backend,
+                port=0,
+                max_batch=max_batch,
+                max_delay_ms=args.max_delay_ms if batching else 0.0,
+                max_queue=max(64, 4 * cameras),
+                max_queue_per_camera=4,
+                warmup=False,
+            )
+            try:
+                result = measure(handle.url, frames, cameras, args.seconds, handle)
+            finally:
+                handle.stop(grace=30)
+            row = {"cameras": cameras, "batching": batching, "max_batch": max_batch, **result}
+            rows.append(row)
+            print(
+                f"cameras={cameras:3d} batching={'on ' if batching else 'off'} fps={row['fps']:6.2f} "
+                f"p50={row['p50_ms']:7.1f} ms p99={row['p99_ms']:7.1f} ms mean_batch={row['mean_batch']:5.2f} "
+                f"errors={row['errors']}",
+                flush=True,
+            )
+    report = {
+        "backend": backend.name,
+        "model_version": backend.version,
+        "device": backend.device,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "seconds_per_config": args.seconds,
+        "max_batch": args.max_batch,
+        "max_delay_ms": args.max_delay_ms,
+        "rows": rows,
+    }
+    by_key = {(r["cameras"], r["batching"]): r for r in rows}
+    for cameras in camera_counts:
+        on, off = by_key[(cameras, True)], by_key[(cameras, False)]
+        speedup = on["fps"] / off["fps"] if off["fps"] else float("nan")
+        print(f"cameras={cameras:3d}: batching speed-up {speedup:.2f}x, p99 {off['p99_ms']:.0f} -> {on['p99_ms']:.0f} ms")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json_path}")
+    return 0
