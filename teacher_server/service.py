@@ -136,27 +136,40 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
 
         context.add_callback(on_done)
 
+        def put(item: tuple) -> bool:
+            """Hand an item to the responder; False once the call is over (never block forever)."""
+            while context.is_active():
+                try:
+                    pending.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def read() -> None:
             try:
                 for request in request_iterator:
                     t0 = time.perf_counter()
                     if not self._authorized(context, request.camera_id):
-                        pending.put(("auth",))
+                        put(("auth",))
                         return
                     try:
                         job, decode_s = self._submit(request, context)
                     except _Failure as failure:
                         if failure.code == grpc.StatusCode.UNAVAILABLE:
-                            pending.put(("end", failure))
+                            put(("end", failure))
                             return
-                        pending.put(("error", request, failure))
+                        if not put(("error", request, failure)):
+                            return
                         continue
                     with lock:
                         live_jobs.add(job)
-                    pending.put(("job", request, job, t0, decode_s))
+                    if not put(("job", request, job, t0, decode_s)):
+                        self.batcher.cancel(job)
+                        return
             except Exception:  # noqa: BLE001 - the client went away; the stream is over
                 log.debug("stream reader ended", exc_info=True)
-            pending.put(("end", None))
+            put(("end", None))
 
         reader = threading.Thread(target=read, name="teacher-stream-reader", daemon=True)
         reader.start()
@@ -234,6 +247,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
         except ShuttingDown as exc:
             raise _Failure(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         except CancelledError:
+            if job.deadline is not None and time.monotonic() >= job.deadline:
+                raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while the frame waited") from None
             raise _Failure(grpc.StatusCode.CANCELLED, "the request was cancelled") from None
         except Exception as exc:  # noqa: BLE001 - the model failed on this frame
             raise _Failure(grpc.StatusCode.INTERNAL, f"the teacher failed on this frame: {type(exc).__name__}: {exc}") from None
