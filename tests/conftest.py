@@ -26,3 +26,13 @@ def davis_root() -> Path:
     if not (DAVIS_ROOT / "JPEGImages").is_dir():
         pytest.fail(f"DAVIS 2016 data not found at {DAVIS_ROOT}; set JITNET_DAVIS_ROOT")
     return DAVIS_ROOT
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    """Width-0.5 person artifacts, exported once per test session (any multiple of 32 runs)."""
+    from export.artifacts import generate
+
+    out = tmp_path_factory.mktemp("artifacts") / "person"
+    generate(out, class_names=["person"], width=0.5, height_px=128, width_px=192, seed=0)
+    return out
