@@ -181,6 +181,10 @@ class TeacherClient:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # Reconnect soon after a teacher restarts instead of gRPC's default 1 s+ backoff.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         if root_cert is not None or tls:
             cert = root_cert if isinstance(root_cert, (bytes, type(None))) else Path(root_cert).read_bytes()

@@ -70,8 +70,15 @@ def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: fl
         [teacher_pb2.LabelRequest(camera_id=f"cam{c}", frame_index=i, encoded=data, groups=[group]) for i, (data, group) in enumerate(frames)]
         for c in range(cameras)
     ]
-    for c in range(cameras):  # warm the connections (and the model at this batch size)
-        clients[c].send(requests[c][0])
+    def warm(c: int) -> None:  # connections, and the model at the batch sizes this load makes
+        for k in range(2):
+            clients[c].send(requests[c][k % len(frames)])
+
+    warmers = [threading.Thread(target=warm, args=(c,)) for c in range(cameras)]
+    for t in warmers:
+        t.start()
+    for t in warmers:
+        t.join()
     latencies: list[list[float]] = [[] for _ in range(cameras)]
     errors = [0] * cameras
     start_barrier = threading.Barrier(cameras + 1)
@@ -130,9 +137,11 @@ def run(args: argparse.Namespace) -> int:
     backend = load_backend(args.backend, weights=args.weights, device=args.device)
     backend.warmup()
     rows = []
-    for batching in (False, True):
-        max_batch = args.max_batch if batching else 1
-        for cameras in camera_counts:
+    # Off and on run back to back for each camera count, so a change in machine
+    # load during the run affects both sides of each comparison alike.
+    for cameras in camera_counts:
+        for batching in (False, True):
+            max_batch = args.max_batch if batching else 1
             handle = start_server(
                 backend,
                 port=0,

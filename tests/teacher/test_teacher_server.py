@@ -287,6 +287,34 @@ def test_a_camera_streaming_fast_does_not_starve_the_others(small_frame) -> None
         assert sum(t > max(done[f"quiet{c}"] for c in range(3)) for t in later_flood) >= 4
 
 
+def test_client_retries_until_a_teacher_comes_up_and_gives_up_cleanly_when_none_does(small_frame) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = {}
+
+    def start_later() -> None:
+        time.sleep(0.6)
+        started["handle"] = start_server(yolo_backend(), host="127.0.0.1", port=port, warmup=False)
+
+    starter = threading.Thread(target=start_later)
+    starter.start()
+    try:
+        with TeacherClient(f"grpc://127.0.0.1:{port}", camera_id="early", max_attempts=30, timeout_s=30) as client:
+            labels = client.label(small_frame, ["dog"], frame_index=1)
+        assert labels.frame_index == 1 and labels.attempts > 1
+    finally:
+        starter.join()
+        started["handle"].stop(grace=5)
+    with TeacherClient(f"grpc://127.0.0.1:{port}", camera_id="late", max_attempts=3, timeout_s=5) as client:
+        start = time.monotonic()
+        with pytest.raises(TeacherUnavailable) as info:
+            client.label(small_frame, ["dog"], frame_index=2)
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE and time.monotonic() - start < 5
+
+
 def test_shutdown_during_load_finishes_in_flight_requests(small_frame) -> None:
     handle = start_server(yolo_backend(), port=0, max_batch=2, max_delay_ms=0, warmup=False)
     url = handle.url
