@@ -29,12 +29,13 @@ def test_live_mode_keeps_segmenting_while_a_slow_teacher_works(artifacts):
         frames = clip_frames(60)
         with TeacherClient(handle.url, camera_id="live") as teacher:
             agent = DistillationAgent(trainer, teacher, DistillConfig(), live=True)
-            results, start = [], time.monotonic()
-            for i, frame in enumerate(frames):
-                results.append(agent.process(i, frame))
-                if any(r.teacher_labelled for r in results) and i > 20:
+            results, start, i = [], time.monotonic(), 0
+            # Until the teacher's answer has arrived and been learnt from (or 90 s).
+            while time.monotonic() - start < 90:
+                results.append(agent.process(i, frames[i % len(frames)]))
+                i += 1
+                if any(r.teacher_labelled for r in results) and agent.controller.pending is None and i > 20:
                     break
-            elapsed = time.monotonic() - start
     finally:
         handle.stop(grace=0.5)
     waiting = [r for r in results if r.teacher_state == "waiting"]
@@ -43,8 +44,8 @@ def test_live_mode_keeps_segmenting_while_a_slow_teacher_works(artifacts):
     assert max(r.timings["frame_ms"] for r in waiting) < 1500
     assert all(r.labels.shape == frames[0].shape[:2] for r in results)
     labelled = [r for r in results if r.teacher_labelled]
-    assert labelled and labelled[0].teacher_index == 0 and labelled[0].index > 0  # applied when it arrived
-    assert elapsed < 60
+    assert labelled, "the slow teacher never answered within 90 s"
+    assert labelled[0].teacher_index == 0 and labelled[0].index > 0  # applied when it arrived
 
 
 def test_teacher_killed_and_restarted_mid_stream(artifacts, tmp_path):
