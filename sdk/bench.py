@@ -7,7 +7,7 @@ import importlib
 BENCHES: dict[str, tuple[str, str]] = {
     "train": ("export.bench", "ORT vs PyTorch eager: inference and train step"),
     "teacher": ("teacher_server.bench", "teacher server throughput and latency, batching on/off"),
-    "agent": ("edge_agent.bench", "agent vs teacher-on-every-frame: compute, IoU, teacher %"),
+    "agent": ("edge_agent.bench", "agent vs teacher-on-every-frame: compute, IoU, teacher %%"),
 }
 
 
