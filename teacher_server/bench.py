@@ -1,7 +1,8 @@
 """`jitnet bench teacher`: throughput and latency of a real teacher server, batching on and off.
 
 Each simulated camera is a thread with its own TeacherClient that sends real
-DAVIS frames back to back (closed loop) to a server on a free localhost port.
+DAVIS frames back to back (closed loop); the cameras run in a separate process
+from the server, which listens on a free localhost port.
 For every camera count the same backend is served twice, with max_batch=1
 (batching off) and with dynamic batching, and the JSON holds one row each.
 """
@@ -60,8 +61,8 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: float, handle: Any) -> dict[str, Any]:
-    """Closed-loop load from `cameras` clients for `seconds`; frames/s, latency, mean batch."""
+def _cameras_process(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: float, conn: Any) -> None:
+    """Runs in its own process (real cameras are not threads of the server): closed-loop load."""
     from edge_agent.teacher_client import TeacherClient, TeacherError
     from protos import teacher_pb2
 
@@ -70,6 +71,7 @@ def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: fl
         [teacher_pb2.LabelRequest(camera_id=f"cam{c}", frame_index=i, encoded=data, groups=[group]) for i, (data, group) in enumerate(frames)]
         for c in range(cameras)
     ]
+
     def warm(c: int) -> None:  # connections, and the model at the batch sizes this load makes
         for k in range(2):
             clients[c].send(requests[c][k % len(frames)])
@@ -100,17 +102,39 @@ def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: fl
     threads = [threading.Thread(target=camera, args=(c,), daemon=True) for c in range(cameras)]
     for t in threads:
         t.start()
-    before = (handle.stats.computed, handle.stats.batches)
+    conn.send("start")
     t0 = time.monotonic()
     stop_at[0] = t0 + seconds
     start_barrier.wait()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0
-    computed = handle.stats.computed - before[0]
-    batches = handle.stats.batches - before[1]
+    conn.send((latencies, errors, elapsed))
     for client in clients:
         client.close()
+
+
+def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: float, handle: Any) -> dict[str, Any]:
+    """Closed-loop load from `cameras` clients in another process; frames/s, latency, mean batch."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_cameras_process, args=(url, frames, cameras, seconds, child), daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(300) or parent.recv() != "start":
+            raise RuntimeError("the camera process did not start")
+        before = (handle.stats.computed, handle.stats.batches)
+        if not parent.poll(seconds + 300):
+            raise RuntimeError("the camera process did not finish")
+        latencies, errors, elapsed = parent.recv()
+        computed = handle.stats.computed - before[0]
+        batches = handle.stats.batches - before[1]
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
     flat = [x for lat in latencies for x in lat]
     per_camera_fps = [len(lat) / elapsed for lat in latencies]
     return {
