@@ -311,6 +311,16 @@ def save_checkpoint(model: "JITNet", path: Path, coco: "CocoDataset", history: l
 # CLI
 # --------------------------------------------------------------------------
 
+def _check_init_classes(path: Path, classes: list[str]) -> None:
+    """Label k must mean the same group before and after: refuse a student trained for other groups."""
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=True).get("classes")
+    if saved is not None and list(saved) != classes:
+        raise ValueError(f"it was pre-trained for classes {list(saved)}, not {classes}; "
+                         f"pass --classes {','.join(saved)} or start without --init")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DistillConfig()
     parser.add_argument("--coco", required=True, type=Path,
@@ -358,6 +368,8 @@ def run(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         init = load_student(args.init, width=args.width, num_classes=coco.num_classes) if args.init else None
+        if args.init:
+            _check_init_classes(args.init, list(coco.spec.names))
     except (OSError, ValueError) as exc:
         raise SystemExit(f"jitnet pretrain: cannot start from {args.init}: {exc}") from None
 
