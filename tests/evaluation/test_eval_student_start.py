@@ -1,0 +1,63 @@
+"""Where an evaluation's student comes from (--artifacts / --init), and the cached teacher's boxes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_davis_frame
+
+from sdk.evaluation.student import resolve_start
+from sdk.evaluation.teacher_labels import CachedTeacher, boxes_from_labels, teacher_gflops
+
+
+def test_init_checkpoint_is_exported_once_and_reported(tmp_path, monkeypatch):
+    from export.jitnet import build_jitnet, save_student
+
+    monkeypatch.setenv("JITNET_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "student.pt"
+    save_student(build_jitnet(0.5, 2, seed=3), ckpt)
+    start = resolve_start(["object"], init=ckpt)
+    assert start.how == "--init" and start.init == ckpt
+    assert start.artifacts.parent == tmp_path / "cache" / "artifacts"
+    info = start.to_dict()
+    assert info["from_init"] is True and info["manifest"].endswith("manifest.json")
+    assert info["class_names"] == ["background", "object"]
+    # the exported weights are the checkpoint's, not a fresh random init
+    weights = np.load(start.artifacts / "initial_weights.npz")
+    model = build_jitnet(0.5, 2, seed=3).state_dict()
+    name = next(k for k in model if k.endswith("weight") and model[k].ndim == 4)
+    np.testing.assert_array_equal(weights[name], model[name].numpy())
+    stamp = (start.artifacts / "manifest.json").stat().st_mtime_ns
+    again = resolve_start(["object"], init=ckpt)
+    assert again.artifacts == start.artifacts
+    assert (again.artifacts / "manifest.json").stat().st_mtime_ns == stamp  # not exported twice
+
+
+def test_artifacts_for_other_classes_are_refused(artifacts):
+    with pytest.raises(ValueError, match="exported for classes"):
+        resolve_start(["person", "auto"], artifacts=artifacts)
+    with pytest.raises(ValueError, match="not both"):
+        resolve_start(["person"], artifacts=artifacts, init=artifacts / "x.pt")
+
+
+def test_cached_teacher_answers_with_boxes_around_each_region():
+    _, mask = load_davis_frame("car-shadow", 0)
+    labels = mask.astype(np.uint8)
+    labels[:40, :60] = 2  # a second group, apart from the car
+    teacher = CachedTeacher([labels], ["car", "sign"])
+    answer = teacher.label(None, ["car", "sign"], frame_index=0)
+    assert teacher.calls == 1 and answer.label_map is labels
+    ys, xs = np.nonzero(mask)
+    car = [i.box for i in answer.instances if i.group_index == 1]
+    assert (min(b[0] for b in car), min(b[1] for b in car)) == (xs.min(), ys.min())
+    assert (max(b[2] for b in car), max(b[3] for b in car)) == (xs.max() + 1, ys.max() + 1)
+    assert [i.box for i in answer.instances if i.group_index == 2] == [(0.0, 0.0, 60.0, 40.0)]
+    assert boxes_from_labels(np.zeros((8, 8), np.uint8)) == []
+    with pytest.raises(ValueError, match="groups"):
+        teacher.label(None, ["person"], frame_index=0)
+
+
+def test_teacher_flops_scale_with_the_letterboxed_input():
+    full = teacher_gflops("yolov5s-seg", (640, 640))
+    assert full["gflops"] == pytest.approx(26.36)
+    assert teacher_gflops("yolov5s-seg", (288, 384))["gflops"] == pytest.approx(26.36 * 480 / 640)
+    assert teacher_gflops("some-server-model", (288, 384)) is None
