@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -83,7 +84,10 @@ def export_onnx(model: JITNet, path: Path, height: int, width: int) -> None:
     """The forward graph in training mode (batch-statistics normalisation), dynamic H x W."""
     model.train()
     dummy = torch.rand(1, 3, height, width) * 255.0
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # F.pad's constant pad list exports through a reversing Slice that the
+        # exporter cannot constant-fold; the graph is right, the warning noise.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
             model,
             (dummy,),
@@ -216,11 +220,134 @@ def conv_input_grads_as_conv(model: onnx.ModelProto) -> int:
     return rewritten
 
 
+def _const(nodes: list, name: str, values: Sequence[int]) -> str:
+    nodes.append(onnx.helper.make_node(
+        "Constant", [], [name], value=onnx.helper.make_tensor(name + "_value", onnx.TensorProto.INT64, [len(values)], values),
+    ))
+    return name
+
+
+def conv_weight_grads_as_gemm(model: onnx.ModelProto) -> int:
+    """Compute 3x3 stride-1 convolutions' weight gradients with nine GEMMs.
+
+    ORT's ConvGrad forms the weight gradient from an im2col copy of the input
+    (9x the input, single-threaded) and one GEMM.  Here the input is padded
+    and flattened once, and the output gradient, shifted by each of the nine
+    kernel offsets along the flattened rows, is multiplied with it directly:
+    dW[:, :, i, j] = dY_shifted(i, j) @ X_flat^T.  The output gradient is the
+    smaller tensor in every such layer of JITNet, so the copies shrink.  Runs
+    after :func:`conv_input_grads_as_conv` (which moved dX out of ConvGrad);
+    nodes that still compute dX or a bias gradient are left alone.
+    """
+    graph = model.graph
+    nodes: list = []
+    rewritten = 0
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        outputs = list(node.output) + [""] * (3 - len(node.output))
+        if (
+            node.op_type != "ConvGrad"
+            or outputs[0] or outputs[2] or not outputs[1]
+            or list(attrs.get("kernel_shape", [])) != [3, 3]
+            or list(attrs.get("pads", [])) != [1, 1, 1, 1]
+            or attrs.get("group", 1) != 1
+            or any(v != 1 for v in attrs.get("strides", [1, 1]))
+            or any(v != 1 for v in attrs.get("dilations", [1, 1]))
+        ):
+            nodes.append(node)
+            continue
+        weight_shape = _initializer_shape(graph, node.input[2])
+        if weight_shape is None:
+            nodes.append(node)
+            continue
+        c_out, c_in = weight_shape[:2]
+        grad_out, x = node.input[0], node.input[1]
+        b = f"{node.name or outputs[1]}/dW_as_gemm"
+        mk = onnx.helper.make_node
+        # Width of a padded row, Wp = W + 2, and the padded input length L = (H + 3) * Wp.
+        nodes.append(mk("Shape", [x], [f"{b}/shape"], start=3, end=4))
+        nodes.append(mk("Add", [f"{b}/shape", _const(nodes, f"{b}/two", [2])], [f"{b}/wp"]))
+        # X zero-padded (1 row on top, 2 below, 1 column each side), flattened to C_in x L.
+        nodes.append(mk("Pad", [x, _const(nodes, f"{b}/xpads", [0, 0, 1, 1, 0, 0, 2, 1])], [f"{b}/xpad"]))
+        nodes.append(mk("Reshape", [f"{b}/xpad", _const(nodes, f"{b}/xshape", [c_in, -1])], [f"{b}/xflat"]))
+        nodes.append(mk("Shape", [f"{b}/xflat"], [f"{b}/len"], start=1, end=2))
+        # dY with 2 zero columns per row (so shifted rows never wrap into data),
+        # flattened, then padded so that every shift is a plain slice.
+        nodes.append(mk("Pad", [grad_out, _const(nodes, f"{b}/ypads", [0, 0, 0, 0, 0, 0, 0, 2])], [f"{b}/ypad"]))
+        nodes.append(mk("Reshape", [f"{b}/ypad", _const(nodes, f"{b}/yshape", [c_out, -1])], [f"{b}/yflat"]))
+        nodes.append(mk("Mul", [f"{b}/wp", _const(nodes, f"{b}/three", [3])], [f"{b}/tail"]))
+        nodes.append(mk("Mul", [f"{b}/wp", _const(nodes, f"{b}/twob", [2])], [f"{b}/wp2"]))
+        nodes.append(mk("Add", [f"{b}/wp2", _const(nodes, f"{b}/twoc", [2])], [f"{b}/smax"]))
+        nodes.append(mk("Concat", [_const(nodes, f"{b}/zero", [0]), f"{b}/smax", f"{b}/zero", f"{b}/tail"], [f"{b}/bpads"], axis=0))
+        nodes.append(mk("Pad", [f"{b}/yflat", f"{b}/bpads"], [f"{b}/ybig"]))
+        axis = _const(nodes, f"{b}/axis", [1])
+        parts = []
+        for i in range(3):
+            for j in range(3):
+                t = f"{b}/{i}{j}"
+                # start = (2 - i) * Wp + (2 - j): dY shifted by the kernel offset (i, j).
+                nodes.append(mk("Mul", [f"{b}/wp", _const(nodes, f"{t}/rows", [2 - i])], [f"{t}/r"]))
+                nodes.append(mk("Add", [f"{t}/r", _const(nodes, f"{t}/cols", [2 - j])], [f"{t}/start"]))
+                nodes.append(mk("Add", [f"{t}/start", f"{b}/len"], [f"{t}/end"]))
+                nodes.append(mk("Slice", [f"{b}/ybig", f"{t}/start", f"{t}/end", axis], [f"{t}/dy"]))
+                nodes.append(mk("Gemm", [f"{t}/dy", f"{b}/xflat"], [f"{t}/dw"], transB=1))
+                parts.append(f"{t}/dw")
+        nodes.append(mk("Concat", parts, [f"{b}/dw9"], axis=0))
+        nodes.append(mk("Reshape", [f"{b}/dw9", _const(nodes, f"{b}/wshape", [3, 3, c_out, c_in])], [f"{b}/dw33"]))
+        nodes.append(mk("Transpose", [f"{b}/dw33"], [outputs[1]], perm=[2, 3, 0, 1]))
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return rewritten
+
+
+def _initializer_shape(graph: onnx.GraphProto, name: str) -> Optional[list[int]]:
+    """Static shape of a parameter: an initializer, or a graph input (training models keep them there)."""
+    for init in graph.initializer:
+        if init.name == name:
+            return list(init.dims)
+    for value in graph.input:
+        if value.name == name:
+            dims = value.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                return [d.dim_value for d in dims]
+    return None
+
+
+def relu_grads_as_mul(model: onnx.ModelProto) -> int:
+    """ReluGrad(dY, Y) -> dY * float(Y > 0): the same values, ~2.5x faster on CPU.
+
+    ORT's CPU ReluGrad kernel is a scalar loop; Greater, Cast and Mul are
+    vectorised and the mask is a byte per element.
+    """
+    graph = model.graph
+    nodes: list = []
+    zero = "relu_grad_zero"
+    nodes.append(onnx.helper.make_node(
+        "Constant", [], [zero], value=onnx.helper.make_tensor(zero + "_value", onnx.TensorProto.FLOAT, [], [0.0]),
+    ))
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "ReluGrad" or len(node.input) != 2:
+            nodes.append(node)
+            continue
+        base = node.name or node.output[0]
+        mk = onnx.helper.make_node
+        nodes.append(mk("Greater", [node.input[1], zero], [f"{base}/positive"]))
+        nodes.append(mk("Cast", [f"{base}/positive"], [f"{base}/mask"], to=onnx.TensorProto.FLOAT))
+        nodes.append(mk("Mul", [node.input[0], f"{base}/mask"], [node.output[0]], name=f"{base}/as_mul"))
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return rewritten
+
+
 def _optimize_training_graph(path: Path) -> None:
+    """Swap slow ORT CPU gradient kernels for equivalent faster subgraphs."""
     model = onnx.load(str(path))
-    count = conv_input_grads_as_conv(model)
+    counts = (conv_input_grads_as_conv(model), conv_weight_grads_as_gemm(model), relu_grads_as_mul(model))
     onnx.save(model, str(path))
-    log.debug("computed %d convolution input gradients as forward convolutions", count)
+    log.debug("training graph: %d conv dX as Conv, %d conv dW as GEMMs, %d ReluGrad as Mul", *counts)
 
 
 def _repair_eval_graph(path: Path) -> None:
