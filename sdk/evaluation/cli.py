@@ -192,7 +192,7 @@ def run_davis(args: argparse.Namespace) -> int:
     options = DavisOptions(config=args.config, threshold=args.threshold, max_updates=args.max_updates,
                            scale=args.scale, augment=not args.no_augment, max_frames=args.max_frames,
                            sequences=args.sequences, backend=args.backend, seed=args.seed)
-    start = resolve_start(list(CLASSES), artifacts=args.artifacts, init=args.init, width=args.width)
+    start = resolve_start(list(CLASSES), artifacts=args.artifacts, init=args.init, width=args.width, new_head=True)
     report = evaluate_davis(args.root, start.artifacts, options)
     report["root"] = str(args.root)
     report["student"] = {**start.to_dict(), "backend": args.backend}

@@ -55,14 +55,52 @@ def _digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def artifacts_from_init(init: Path, classes: Sequence[str], *, cache_root: Optional[Path] = None) -> Path:
+def _student_for(init: Path, classes: Sequence[str], new_head: bool):
+    """The checkpoint's student for ``classes``; with ``new_head`` a checkpoint for other classes gets a new head.
+
+    The new 1x1 logits layer keeps the checkpoint's background row and gives
+    every new class the mean of the checkpoint's foreground rows ("anything
+    the student knew as an object"), so a COCO-pretrained student starts DAVIS
+    as a generic foreground detector instead of from a random head.
+    """
+    import torch
+
+    from export.jitnet import load_student
+
+    blob = torch.load(init, map_location="cpu", weights_only=True)
+    want = len(classes) + 1
+    saved = blob.get("classes")
+    if saved is not None:
+        saved = [c for c in saved if c != "background"]
+    if (saved is not None and saved == list(classes)) or (saved is None and blob["num_classes"] == want):
+        return load_student(init, num_classes=want), None
+    if not new_head:
+        raise ValueError(f"{init} was pre-trained for classes {saved or blob['num_classes'] - 1}, not {list(classes)}; "
+                         f"evaluate with --classes {','.join(saved) if saved else '...'} or pre-train for these classes")
+    model = load_student(init)
+    old = model.logits
+    head = torch.nn.Conv2d(old.in_channels, want, 1)
+    with torch.no_grad():
+        head.weight[0] = old.weight[0]
+        head.bias[0] = old.bias[0]
+        head.weight[1:] = old.weight[1:].mean(0, keepdim=True)
+        head.bias[1:] = old.bias[1:].mean()
+    model.logits = head
+    from export.jitnet import JITNetSpec
+
+    model.spec = JITNetSpec(model.spec.width, want)
+    return model, f"new head for {list(classes)} from the checkpoint's {saved or blob['num_classes'] - 1} classes"
+
+
+def artifacts_from_init(init: Path, classes: Sequence[str], *, cache_root: Optional[Path] = None,
+                        new_head: bool = False) -> Path:
     """Artifacts exported from a pre-trained student checkpoint, once per (checkpoint, classes)."""
     from edge_agent.manifest import load_manifest
 
     init = Path(init)
     if not init.is_file():
         raise FileNotFoundError(f"--init {init} does not exist; pass a checkpoint written by `jitnet pretrain`")
-    target = (cache_root or _cache_root()) / f"init-{_digest(init)}-{'-'.join(classes)}"
+    target = (cache_root or _cache_root()) / f"init-{_digest(init)}-{'-'.join(classes)}{'-newhead' if new_head else ''}"
     try:
         if load_manifest(target).class_names[1:] == list(classes):
             return target
@@ -70,20 +108,25 @@ def artifacts_from_init(init: Path, classes: Sequence[str], *, cache_root: Optio
         pass
     try:
         from export.artifacts import generate
-        from export.jitnet import load_student
     except ImportError as exc:
         raise RuntimeError(f"--init needs PyTorch to export artifacts ({exc}); install jitnet-edge[export] "
                            "or export once with `jitnet export --init CKPT --out DIR` and pass --artifacts DIR") from exc
-    model = load_student(init, num_classes=len(classes) + 1)
-    log.info("exporting artifacts from %s (width %g) to %s", init, model.spec.width, target)
+    model, note = _student_for(init, classes, new_head)
+    log.info("exporting artifacts from %s (width %g%s) to %s", init, model.spec.width,
+             f", {note}" if note else "", target)
     generate(target, class_names=list(classes), width=model.spec.width, model=model)
     return target
 
 
 def resolve_start(
-    classes: Sequence[str], *, artifacts: Optional[Path] = None, init: Optional[Path] = None, width: float = 0.5
+    classes: Sequence[str], *, artifacts: Optional[Path] = None, init: Optional[Path] = None, width: float = 0.5,
+    new_head: bool = False,
 ) -> StudentStart:
-    """The student to start from; its classes must be the evaluation's classes, in order."""
+    """The student to start from; its classes must be the evaluation's classes, in order.
+
+    ``new_head`` lets a checkpoint pre-trained for other classes start with a
+    new logits layer (DAVIS: one "object" class whatever COCO groups it learnt).
+    """
     from edge_agent.manifest import load_manifest
 
     if artifacts is not None and init is not None:
@@ -91,7 +134,7 @@ def resolve_start(
     if artifacts is not None:
         start = StudentStart(Path(artifacts), None, "--artifacts")
     elif init is not None:
-        start = StudentStart(artifacts_from_init(Path(init), classes), Path(init), "--init")
+        start = StudentStart(artifacts_from_init(Path(init), classes, new_head=new_head), Path(init), "--init")
     else:
         from sdk.session import default_artifacts
 

@@ -32,6 +32,25 @@ def test_init_checkpoint_is_exported_once_and_reported(tmp_path, monkeypatch):
     assert (again.artifacts / "manifest.json").stat().st_mtime_ns == stamp  # not exported twice
 
 
+def test_checkpoint_for_other_classes_gets_a_new_head_only_when_asked(tmp_path, monkeypatch):
+    from export.jitnet import build_jitnet, save_student
+
+    monkeypatch.setenv("JITNET_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "coco.pt"
+    model = build_jitnet(0.5, 3, seed=1)
+    save_student(model, ckpt, classes=["person", "auto"])
+    with pytest.raises(ValueError, match="pre-trained for classes"):
+        resolve_start(["object"], init=ckpt)
+    start = resolve_start(["object"], init=ckpt, new_head=True)
+    weights = np.load(start.artifacts / "initial_weights.npz")
+    old = model.logits.weight.detach().numpy()
+    assert weights["logits.weight"].shape[0] == 2
+    np.testing.assert_allclose(weights["logits.weight"][0], old[0])
+    np.testing.assert_allclose(weights["logits.weight"][1], old[1:].mean(0), rtol=1e-6)
+    # the rest of the network is the checkpoint's
+    np.testing.assert_array_equal(weights["stem2.0.weight"], model.state_dict()["stem2.0.weight"].numpy())
+
+
 def test_artifacts_for_other_classes_are_refused(artifacts):
     with pytest.raises(ValueError, match="exported for classes"):
         resolve_start(["person", "auto"], artifacts=artifacts)
