@@ -73,6 +73,7 @@ class TeacherSource:
         self._labeler = None
         self._client = None
         self._info: Optional[tuple[str, str]] = None
+        self._server_threshold: Optional[float] = None
 
     @property
     def embedded(self) -> bool:
@@ -99,6 +100,7 @@ class TeacherSource:
             else:
                 info = self._connect().info(deadline_s=self.timeout_s)
                 self._info = (info.model_name, info.model_version)
+                self._server_threshold = round(float(info.default_score_threshold), 6)  # float32 on the wire
         return self._info
 
     def _load(self):
@@ -123,6 +125,8 @@ class TeacherSource:
     def effective_score_threshold(self) -> float:
         if self.score_threshold is not None:
             return float(self.score_threshold)
+        if self._server_threshold is not None:  # a server labels with its own default
+            return self._server_threshold
         from teacher_server.semantic import DEFAULT_SCORE_THRESHOLD
 
         return DEFAULT_SCORE_THRESHOLD

@@ -110,3 +110,23 @@ def test_reports_table_plot_and_overlay_video(first_run):
     assert frames == N_FRAMES and ok
     h, w = report["frame_size"]
     assert img.shape[0] == h and img.shape[1] > 2 * w  # teacher | student
+
+
+def test_teacher_behind_a_url_labels_over_grpc_and_shares_the_cache(first_run, artifacts):
+    from teacher_server.server import start_server
+
+    tmp, cache, first, _ = first_run
+    handle = start_server("yolov5s-seg", port=0, max_batch=1, warmup=False)
+    try:
+        url = handle.url
+        # Same model, same threshold: the embedded teacher's labels are this server's too.
+        same, _ = _eval(tmp, artifacts, cache, "url-same", "--teacher", url, "--methods", "flow-fast", "--no-plot")
+        assert same["label_cache"]["hits"] == N_FRAMES and same["teacher"]["frames_labelled_this_run"] == 0
+        # Another score threshold is another key: 8 frames are labelled over gRPC.
+        other, _ = _eval(tmp, artifacts, cache, "url-other", "--teacher", url, "--score-threshold", "0.7",
+                         "--frames", "8", "--methods", "flow-fast", "--no-plot")
+    finally:
+        handle.stop(grace=1.0)
+    assert other["label_cache"]["misses"] == 8 and other["teacher"]["frames_labelled_this_run"] == 8
+    assert other["teacher"]["model_name"] == "yolov5s-seg" and other["teacher"]["spec"] == url
+    assert other["runs"][0]["frames"] == 8 and other["runs"][0]["teacher_indices"] == [0]
