@@ -126,11 +126,13 @@ def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: fl
         if not parent.poll(300) or parent.recv() != "start":
             raise RuntimeError("the camera process did not start")
         before = (handle.stats.computed, handle.stats.batches)
+        cpu_before = time.process_time()  # this process is the server; the cameras are the child
         if not parent.poll(seconds + 300):
             raise RuntimeError("the camera process did not finish")
         latencies, errors, elapsed = parent.recv()
         computed = handle.stats.computed - before[0]
         batches = handle.stats.batches - before[1]
+        server_cpu = time.process_time() - cpu_before
     finally:
         proc.join(30)
         if proc.is_alive():
@@ -147,6 +149,9 @@ def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: fl
         "seconds": elapsed,
         "camera_fps_min": min(per_camera_fps),
         "camera_fps_max": max(per_camera_fps),
+        # CPU time the server spent per computed frame: less sensitive than fps to other load.
+        "server_cpu_ms_per_frame": server_cpu / computed * 1e3 if computed else float("nan"),
+        "loadavg_1min": os.getloadavg()[0],
     }
 
 
@@ -184,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"cameras={cameras:3d} batching={'on ' if batching else 'off'} fps={row['fps']:6.2f} "
                 f"p50={row['p50_ms']:7.1f} ms p99={row['p99_ms']:7.1f} ms mean_batch={row['mean_batch']:5.2f} "
-                f"errors={row['errors']}",
+                f"cpu/frame={row['server_cpu_ms_per_frame']:6.0f} ms errors={row['errors']} load={row['loadavg_1min']:.1f}",
                 flush=True,
             )
     report = {
