@@ -174,7 +174,17 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
         reader = threading.Thread(target=read, name="teacher-stream-reader", daemon=True)
         reader.start()
         while True:
-            item = pending.get()
+            try:
+                item = pending.get(timeout=0.25)
+            except queue.Empty:
+                if not context.is_active():
+                    return
+                with lock:
+                    idle = not live_jobs
+                if self.shutting_down.is_set() and idle and pending.empty():
+                    # An idle camera connection must not hold up a graceful shutdown.
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "the teacher is shutting down; reconnect to another server")
+                continue
             kind = item[0]
             if kind == "auth":
                 self.metrics.observe_request(grpc.StatusCode.UNAUTHENTICATED.name)

@@ -338,6 +338,32 @@ def test_shutdown_during_load_finishes_in_flight_requests(small_frame) -> None:
             client.label(small_frame, ["dog"], frame_index=7)
 
 
+def test_shutdown_ends_idle_camera_streams_promptly(small_frame) -> None:
+    import queue as queue_mod
+
+    handle = start_server(yolo_backend(), port=0, warmup=False)
+    outbox: queue_mod.Queue = queue_mod.Queue()
+
+    def requests():
+        while True:
+            item = outbox.get()
+            if item is None:
+                return
+            yield item
+
+    with TeacherClient(handle.url, camera_id="idle", encoding="raw") as client:
+        outbox.put(client.request(small_frame, ["dog"], frame_index=0))
+        responses = client.stream(requests(), timeout_s=60)
+        assert next(responses).frame_index == 0  # the connection is up and now sits idle
+        start = time.monotonic()
+        handle.stop(grace=30)
+        assert time.monotonic() - start < 10  # not the whole grace period
+        with pytest.raises(grpc.RpcError) as info:
+            next(responses)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        outbox.put(None)
+
+
 # -- streams, health, reflection, metrics, TLS -------------------------------------------------------------
 def test_stream_answers_every_frame_in_order_and_reports_bad_ones_inline(server) -> None:
     good = davis_jpeg("dog", 20)
