@@ -120,7 +120,7 @@ class OrtTrainer:
         try:
             self.state = api.CheckpointState.load_checkpoint(str(checkpoint))
             self.module = api.Module(
-                str(m.path(d, "training")), self.state, str(m.path(d, "eval")), device=self.device,
+                self._training_model(), self.state, str(m.path(d, "eval")), device=self.device,
                 session_options=self._options(),
             )
             self.optimizer = api.Optimizer(str(m.path(d, "optimizer")), self.module)
@@ -132,6 +132,27 @@ class OrtTrainer:
         self.optimizer.set_learning_rate(m.optimizer_learning_rate)
         self.module.train()
         self._bind_inference()
+
+    def _training_model(self) -> str:
+        """The training graph, with NCHWc forward convolutions where ORT has them.
+
+        The rewrite depends on this CPU's block size, so it happens here and
+        not at export; the rewritten copy lives in a temporary directory
+        for as long as this trainer (the Module only reads it when loading).
+        """
+        path = self.manifest.path(self.artifact_dir, "training")
+        block = nchwc_block_size() if self.device == "cpu" else 0
+        if not block:
+            return str(path)
+        import tempfile
+
+        import onnx
+
+        model, _ = nchwc_graphs(onnx.load(str(path)), block, inline_pack=True)
+        self._workdir = tempfile.TemporaryDirectory(prefix="jitnet-train-")
+        out = Path(self._workdir.name) / path.name
+        onnx.save(model, str(out))
+        return str(out)
 
     def _bind_inference(self) -> None:
         """Bind the loss-free inference graph to the live parameter buffers.
@@ -288,7 +309,9 @@ def nchwc_block_size() -> int:
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 
 
-def nchwc_graphs(model: "onnx.ModelProto", block: int) -> tuple["onnx.ModelProto", "onnx.ModelProto"]:
+def nchwc_graphs(
+    model: "onnx.ModelProto", block: int, *, inline_pack: bool = False, min_kernel_area: int = 9
+) -> tuple["onnx.ModelProto", Optional["onnx.ModelProto"]]:
     """Split the inference graph into (blocked-layout inference graph, weight-packing graph).
 
     ORT runs convolutions in its blocked NCHWc layout (~1.3x faster on x86)
@@ -298,14 +321,23 @@ def nchwc_graphs(model: "onnx.ModelProto", block: int) -> tuple["onnx.ModelProto
     weights are packed into the blocked filter layout by a second, tiny
     graph that the trainer reruns only after the parameters changed.  The
     numbers stay those of the plain graph (same kernels' arithmetic).
+
+    With ``inline_pack`` (the training graph, whose weights change every
+    step) the packing stays inside the graph and no packing graph is made.
+    Convolutions whose weights are computed in the graph (the transposed,
+    flipped weights of :func:`export.artifacts.conv_input_grads_as_conv`)
+    are rewritten too when their shape can be traced back to a parameter.
+    Convolutions with kernels smaller than ``min_kernel_area`` (1x1, 1x3,
+    3x1) stay NCHW: their activation reorders cost about what they save.
     """
     import onnx
     from onnx import helper
 
     graph = model.graph
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
+    shapes.update(_flipped_weight_shapes(graph, shapes))
     nodes: list = []
-    pack_nodes: list = []
+    pack_nodes: list = nodes if inline_pack else []
     packed: list = []  # (name, shape) of every packed weight / bias
     packed_from: set[str] = set()
     reordered: dict[str, str] = {}
@@ -323,6 +355,9 @@ def nchwc_graphs(model: "onnx.ModelProto", block: int) -> tuple["onnx.ModelProto
             nodes.append(node)
             continue
         cout, cin, kh, kw = wshape
+        if kh * kw < min_kernel_area:
+            nodes.append(node)
+            continue
         cout_pad = -(-cout // block) * block
         nchw_input = cin < block  # small inputs (the stem) are read in NCHW directly
         cin_pad = cin if nchw_input else -(-cin // block) * block
@@ -358,6 +393,12 @@ def nchwc_graphs(model: "onnx.ModelProto", block: int) -> tuple["onnx.ModelProto
         nodes.append(helper.make_node(
             "ReorderOutput", [f"{b}/y"], [node.output[0]], domain=NCHWC_DOMAIN, channels=cout, channels_last=0
         ))
+    if not any(o.domain == NCHWC_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(NCHWC_DOMAIN, 1))
+    if inline_pack:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        return model, None
     still_used = {i for n in nodes for i in n.input}
     pack_inputs = [v for v in graph.input if v.name in packed_from]
     pack_outputs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape) for name, shape in packed]
@@ -371,9 +412,25 @@ def nchwc_graphs(model: "onnx.ModelProto", block: int) -> tuple["onnx.ModelProto
     graph.input.extend(inputs + pack_outputs)
     del graph.node[:]
     graph.node.extend(nodes)
-    if not any(o.domain == NCHWC_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(NCHWC_DOMAIN, 1))
     return model, pack
+
+
+def _flipped_weight_shapes(graph: "onnx.GraphProto", shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Shapes of Slice(Transpose(param, [1, 0, 2, 3])) outputs: the input-gradient convolutions' weights."""
+    from onnx import helper
+
+    transposed = {}
+    for node in graph.node:
+        if node.op_type == "Transpose" and node.input[0] in shapes:
+            perm = next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
+            if perm == [1, 0, 2, 3] and len(shapes[node.input[0]]) == 4:
+                s = shapes[node.input[0]]
+                transposed[node.output[0]] = [s[1], s[0], s[2], s[3]]
+    found = dict(transposed)
+    for node in graph.node:
+        if node.op_type == "Slice" and node.input[0] in transposed:
+            found[node.output[0]] = transposed[node.input[0]]  # a flip keeps the shape
+    return found
 
 
 def _identity(manifest: Manifest) -> dict:
