@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--cameras", default="1,4,16", help="comma-separated camera counts")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per configuration")
+    parser.add_argument("--rounds", type=int, default=3, help="alternate batching off/on this many times per camera count")
     parser.add_argument("--max-batch", type=int, default=8, help="max batch size when batching is on")
     parser.add_argument("--max-delay-ms", type=float, default=10.0, help="batching window when batching is on")
     parser.add_argument("--frames", type=int, default=12, help="distinct DAVIS frames to cycle through")
@@ -137,21 +138,39 @@ def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: fl
         proc.join(30)
         if proc.is_alive():
             proc.kill()
-    flat = [x for lat in latencies for x in lat]
-    per_camera_fps = [len(lat) / elapsed for lat in latencies]
+    return {
+        "latencies": latencies,
+        "errors": errors,
+        "elapsed": elapsed,
+        "computed": computed,
+        "batches": batches,
+        "server_cpu": server_cpu,
+        "loadavg_1min": os.getloadavg()[0],
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from one or more rounds of the same configuration (latencies pooled)."""
+    cameras = len(runs[0]["latencies"])
+    elapsed = sum(r["elapsed"] for r in runs)
+    per_camera = [sum(len(r["latencies"][c]) for r in runs) for c in range(cameras)]
+    flat = [x for r in runs for lat in r["latencies"] for x in lat]
+    computed = sum(r["computed"] for r in runs)
+    batches = sum(r["batches"] for r in runs)
     return {
         "fps": len(flat) / elapsed,
         "p50_ms": _percentile(flat, 50) * 1e3,
         "p99_ms": _percentile(flat, 99) * 1e3,
         "mean_batch": computed / batches if batches else 0.0,
         "frames": len(flat),
-        "errors": sum(errors),
+        "errors": sum(sum(r["errors"]) for r in runs),
         "seconds": elapsed,
-        "camera_fps_min": min(per_camera_fps),
-        "camera_fps_max": max(per_camera_fps),
+        "rounds": len(runs),
+        "camera_fps_min": min(per_camera) / elapsed,
+        "camera_fps_max": max(per_camera) / elapsed,
         # CPU time the server spent per computed frame: less sensitive than fps to other load.
-        "server_cpu_ms_per_frame": server_cpu / computed * 1e3 if computed else float("nan"),
-        "loadavg_1min": os.getloadavg()[0],
+        "server_cpu_ms_per_frame": sum(r["server_cpu"] for r in runs) / computed * 1e3 if computed else float("nan"),
+        "loadavg_1min": max(r["loadavg_1min"] for r in runs),
     }
 
 
@@ -166,25 +185,28 @@ def run(args: argparse.Namespace) -> int:
     backend = load_backend(args.backend, weights=args.weights, device=args.device)
     backend.warmup()
     rows = []
-    # Off and on run back to back for each camera count, so a change in machine
-    # load during the run affects both sides of each comparison alike.
+    # Off and on alternate, in `rounds` slices, for each camera count, so changes in
+    # machine load during the run affect both sides of each comparison alike.
     for cameras in camera_counts:
+        runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        for _ in range(args.rounds):
+            for batching in (False, True):
+                handle = start_server(
+                    backend,
+                    port=0,
+                    max_batch=args.max_batch if batching else 1,
+                    max_delay_ms=args.max_delay_ms if batching else 0.0,
+                    max_queue=max(64, 4 * cameras),
+                    max_queue_per_camera=4,
+                    warmup=False,
+                )
+                try:
+                    runs[batching].append(measure(handle.url, frames, cameras, args.seconds / args.rounds, handle))
+                finally:
+                    handle.stop(grace=30)
         for batching in (False, True):
             max_batch = args.max_batch if batching else 1
-            handle = start_server(
-                backend,
-                port=0,
-                max_batch=max_batch,
-                max_delay_ms=args.max_delay_ms if batching else 0.0,
-                max_queue=max(64, 4 * cameras),
-                max_queue_per_camera=4,
-                warmup=False,
-            )
-            try:
-                result = measure(handle.url, frames, cameras, args.seconds, handle)
-            finally:
-                handle.stop(grace=30)
-            row = {"cameras": cameras, "batching": batching, "max_batch": max_batch, **result}
+            row = {"cameras": cameras, "batching": batching, "max_batch": max_batch, **summarize(runs[batching])}
             rows.append(row)
             print(
                 f"cameras={cameras:3d} batching={'on ' if batching else 'off'} fps={row['fps']:6.2f} "
@@ -199,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "seconds_per_config": args.seconds,
+        "rounds": args.rounds,
         "max_batch": args.max_batch,
         "max_delay_ms": args.max_delay_ms,
         "rows": rows,

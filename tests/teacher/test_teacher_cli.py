@@ -69,7 +69,7 @@ def test_jitnet_teacher_maskrcnn_without_weights_refuses_and_says_where_to_put_t
 def test_jitnet_bench_teacher_writes_rows_for_each_camera_count_with_batching_on_and_off(tmp_path) -> None:
     out = tmp_path / "bench.json"
     start = time.monotonic()
-    proc = _jitnet("bench", "teacher", "--backend", "yolov5s-seg", "--cameras", "1,2", "--seconds", "0.5", "--frames", "3", "--json", str(out))
+    proc = _jitnet("bench", "teacher", "--backend", "yolov5s-seg", "--cameras", "1,2", "--seconds", "0.5", "--rounds", "1", "--frames", "3", "--json", str(out))
     stdout, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     rows = json.loads(out.read_text())["rows"]
