@@ -234,7 +234,7 @@ def conv_weight_grads_as_gemm(model: onnx.ModelProto) -> int:
     (9x the input, single-threaded) and one GEMM.  Here the input is padded
     and flattened once, and the output gradient, shifted by each of the nine
     kernel offsets along the flattened rows, is multiplied with it directly:
-    dW[:, :, i, j] = dY_shifted(i, j) @ X_flat^T.  The output gradient is the
+    dW[:, :, i, j] = (X_flat @ dY_shifted(i, j)^T)^T.  The output gradient is the
     smaller tensor in every such layer of JITNet, so the copies shrink.  Runs
     after :func:`conv_input_grads_as_conv` (which moved dX out of ConvGrad);
     nodes that still compute dX or a bias gradient are left alone.
@@ -290,11 +290,13 @@ def conv_weight_grads_as_gemm(model: onnx.ModelProto) -> int:
                 nodes.append(mk("Add", [f"{t}/r", _const(nodes, f"{t}/cols", [2 - j])], [f"{t}/start"]))
                 nodes.append(mk("Add", [f"{t}/start", f"{b}/len"], [f"{t}/end"]))
                 nodes.append(mk("Slice", [f"{b}/ybig", f"{t}/start", f"{t}/end", axis], [f"{t}/dy"]))
-                nodes.append(mk("Gemm", [f"{t}/dy", f"{b}/xflat"], [f"{t}/dw"], transB=1))
+                # X_flat @ dY_shifted^T (C_in x C_out): MLAS packs the small
+                # shifted dY, not the large input, for each of the nine products.
+                nodes.append(mk("Gemm", [f"{b}/xflat", f"{t}/dy"], [f"{t}/dw"], transB=1))
                 parts.append(f"{t}/dw")
-        nodes.append(mk("Concat", parts, [f"{b}/dw9"], axis=0))
-        nodes.append(mk("Reshape", [f"{b}/dw9", _const(nodes, f"{b}/wshape", [3, 3, c_out, c_in])], [f"{b}/dw33"]))
-        nodes.append(mk("Transpose", [f"{b}/dw33"], [outputs[1]], perm=[2, 3, 0, 1]))
+        nodes.append(mk("Concat", parts, [f"{b}/dw9"], axis=1))
+        nodes.append(mk("Reshape", [f"{b}/dw9", _const(nodes, f"{b}/wshape", [c_in, 3, 3, c_out])], [f"{b}/dw33"]))
+        nodes.append(mk("Transpose", [f"{b}/dw33"], [outputs[1]], perm=[3, 0, 1, 2]))
         rewritten += 1
     del graph.node[:]
     graph.node.extend(nodes)
