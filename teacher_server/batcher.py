@@ -162,6 +162,8 @@ class BatcherStats:
     computed: int = 0
     failed: int = 0
     batches: int = 0
+    #: Seconds the worker spent computing batches (busy / wall time = utilisation).
+    busy_s: float = 0.0
 
     @property
     def mean_batch(self) -> float:
@@ -352,6 +354,7 @@ class DynamicBatcher:
         with self._cond:
             self.stats.computed += len(batch)
             self.stats.batches += 1
+            self.stats.busy_s += elapsed
             self._batch_seconds = elapsed if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * elapsed
         if self._on_batch is not None:
             self._on_batch(len(batch), elapsed)
@@ -369,11 +372,13 @@ class DynamicBatcher:
                 self.stats.failed += 1
             job.future.set_exception(exc)
             return
+        elapsed = time.monotonic() - start
         with self._cond:
             self.stats.computed += 1
             self.stats.batches += 1
+            self.stats.busy_s += elapsed
         if self._on_batch is not None:
-            self._on_batch(1, time.monotonic() - start)
+            self._on_batch(1, elapsed)
         job.future.set_result(result)
 
 

@@ -126,7 +126,7 @@ def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: fl
     try:
         if not parent.poll(300) or parent.recv() != "start":
             raise RuntimeError("the camera process did not start")
-        before = (handle.stats.computed, handle.stats.batches)
+        before = (handle.stats.computed, handle.stats.batches, handle.stats.busy_s)
         cpu_before = time.process_time()  # this process is the server; the cameras are the child
         if not parent.poll(seconds + 300):
             raise RuntimeError("the camera process did not finish")
@@ -134,6 +134,7 @@ def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: fl
         computed = handle.stats.computed - before[0]
         batches = handle.stats.batches - before[1]
         server_cpu = time.process_time() - cpu_before
+        busy = handle.stats.busy_s - before[2]
     finally:
         proc.join(30)
         if proc.is_alive():
@@ -145,6 +146,7 @@ def measure(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: fl
         "computed": computed,
         "batches": batches,
         "server_cpu": server_cpu,
+        "busy": busy,
         "loadavg_1min": os.getloadavg()[0],
     }
 
@@ -170,6 +172,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "camera_fps_max": max(per_camera) / elapsed,
         # CPU time the server spent per computed frame: less sensitive than fps to other load.
         "server_cpu_ms_per_frame": sum(r["server_cpu"] for r in runs) / computed * 1e3 if computed else float("nan"),
+        # Share of the wall time the model was computing; low = the server waited for cameras.
+        "server_busy": sum(r["busy"] for r in runs) / elapsed,
         "loadavg_1min": max(r["loadavg_1min"] for r in runs),
     }
 
@@ -211,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"cameras={cameras:3d} batching={'on ' if batching else 'off'} fps={row['fps']:6.2f} "
                 f"p50={row['p50_ms']:7.1f} ms p99={row['p99_ms']:7.1f} ms mean_batch={row['mean_batch']:5.2f} "
-                f"cpu/frame={row['server_cpu_ms_per_frame']:6.0f} ms errors={row['errors']} load={row['loadavg_1min']:.1f}",
+                f"cpu/frame={row['server_cpu_ms_per_frame']:6.0f} ms busy={row['server_busy']:.2f} errors={row['errors']} load={row['loadavg_1min']:.1f}",
                 flush=True,
             )
     report = {
