@@ -113,6 +113,11 @@ class OrtTrainer:
         if self.threads:
             options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
+        # Idle pool threads sleep instead of spinning: the agent shares a
+        # small CPU with decoding, the teacher client and other processes,
+        # where spinning threads steal the cores the work needs (measured
+        # on 2 busy cores: train step 1065 ms spinning vs 500 ms not).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
     def _load(self, checkpoint: Path) -> None:
