@@ -175,18 +175,23 @@ def bench_one(
                 times[name].append(elapsed)
         return spent
 
-    round_s = 0.0
     for _ in range(max(warmup, 1)):  # the first call at a new size is always slow
-        round_s = one_round(record=False)
-    n = max(3, min(repeats, int(budget_s / max(round_s, 1e-6))))
-    if repeats < 3:
-        n = max(1, repeats)
-    for _ in range(n):
-        one_round(record=True)
+        one_round(record=False)
+    spent, n = 0.0, 0
+    # At least 3 rounds (or all asked for, if fewer), then stop at the budget.
+    while n < repeats and (n < min(3, repeats) or spent < budget_s):
+        spent += one_round(record=True)
+        n += 1
     return {k: _median_ms(v) for k, v in times.items()} | {"repeats": n}
 
 
 def run(args: argparse.Namespace) -> int:
+    # libgomp's default busy-wait makes torch's OpenMP threads spin at every
+    # barrier; on a small CPU shared with other work that costs 10-20x (a
+    # 384x640 inference took 4 s instead of 0.2 s on 2 busy cores).  ORT's
+    # pool is told not to spin either (edge_agent/trainer.py), so both
+    # runtimes wait the same way.  Only effective before torch is loaded.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from export.artifacts import generate
@@ -237,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
         "repeats": repeats_used,
         "warmup": args.warmup,
         "settle_ms": args.settle_ms,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "ort_allow_spinning": 0,
         "timing": "median wall ms, ORT and torch iterations interleaved in one process",
     }
     result = {"rows": rows, "machine": machine}
