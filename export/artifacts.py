@@ -21,7 +21,7 @@ import torch
 
 from edge_agent.config import DistillConfig
 from edge_agent.manifest import FORMAT_VERSION, Manifest
-from export.jitnet import INPUT_MEAN, INPUT_STD, STRIDE, JITNet, build_jitnet, count_parameters
+from export.jitnet import INPUT_MEAN, INPUT_STD, STRIDE, JITNet, build_jitnet, count_parameters, resize_upsampling
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,23 @@ def _sgd_momentum_block(momentum: float):
     return onnxblock.optim.AdamW(bias_correction=False, betas=(momentum, 1.0), eps=1.0, weight_decay=0.0)
 
 
-def export_onnx(model: JITNet, path: Path, height: int, width: int) -> None:
-    """The forward graph in training mode (batch-statistics normalisation), dynamic H x W."""
+def export_onnx(model: JITNet, path: Path, height: int, width: int, *, resize: bool = False) -> None:
+    """The forward graph in training mode (batch-statistics normalisation), dynamic H x W.
+
+    ``resize`` exports the upsampling as ONNX Resize (same values): only for
+    the inference graph, which is never differentiated (ORT has no Resize
+    gradient on CPU).
+    """
     model.train()
     dummy = torch.rand(1, 3, height, width) * 255.0
-    with torch.no_grad(), warnings.catch_warnings():
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(warnings.catch_warnings())
         # F.pad's constant pad list exports through a reversing Slice that the
         # exporter cannot constant-fold; the graph is right, the warning noise.
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        if resize:
+            stack.enter_context(resize_upsampling())
         torch.onnx.export(
             model,
             (dummy,),
@@ -448,7 +457,9 @@ def generate(
             )
         _repair_eval_graph(work / FILES["eval"])
         _optimize_training_graph(work / FILES["training"])
-        onnx.save(_inference_graph(forward), str(work / FILES["inference"]))
+        export_onnx(model, forward_path, height_px, width_px, resize=True)
+        inference = simplify_batchnorm(onnx.load(str(forward_path)))
+        onnx.save(_inference_graph(inference), str(work / FILES["inference"]))
         forward_path.unlink()
         np.savez(work / FILES["weights"], **{k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
         manifest = Manifest(

@@ -14,7 +14,10 @@ imports nothing from the rest of the project.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +41,24 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     # Width first: interleaving along the last axis is the costly step (an
     # element-wise shuffle, and its gradient a strided split), so it runs on
     # the tensor before the height doubles it.
+    if _RESIZE_UPSAMPLING.get():
+        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
     x = _upsample_axis(x, 3)
     return _upsample_axis(x, 2)
+
+
+_RESIZE_UPSAMPLING: contextvars.ContextVar[bool] = contextvars.ContextVar("resize_upsampling", default=False)
+
+
+@contextlib.contextmanager
+def resize_upsampling() -> Iterator[None]:
+    """Within this block upsample2x is ``F.interpolate`` (ONNX Resize): for graphs
+    that are never differentiated, where one Resize beats a dozen elementwise ops."""
+    token = _RESIZE_UPSAMPLING.set(True)
+    try:
+        yield
+    finally:
+        _RESIZE_UPSAMPLING.reset(token)
 
 
 def _upsample_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
