@@ -109,11 +109,16 @@ def machine_info(threads: int) -> dict[str, Any]:
             info[dist] = md.version(dist)
         except md.PackageNotFoundError:
             pass
-    try:
-        info["load_average"] = list(os.getloadavg())
-    except OSError:
-        pass
+    info["load_average"] = _load_average()
     return info
+
+
+def _load_average() -> Optional[list[float]]:
+    """1/5/15-minute load: other work on the machine skews both runtimes' timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _cpu_model() -> str:
@@ -205,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
     rows: list[dict[str, Any]] = []
     repeats_used: list[int] = []
+    load_start = _load_average()
     print(f"jitnet bench train: {len(widths)} widths x {len(sizes)} sizes, {threads} threads, "
           f"up to {args.repeats} interleaved repeats each")
     with tempfile.TemporaryDirectory(prefix="jitnet-bench-") as tmp:
@@ -239,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
                 rows.append(row)
                 print(_format_row(row, repeats_used[-1]), flush=True)
     machine = machine_info(threads) | {
+        "load_average_start": load_start,
         "repeats": repeats_used,
         "warmup": args.warmup,
         "settle_ms": args.settle_ms,
