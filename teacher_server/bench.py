@@ -179,6 +179,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # libgomp's default busy-wait makes torch's OpenMP threads spin between ops;
+    # on a shared CPU that costs several times the compute (see bench train).
+    # Must be set before torch is imported; an explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from teacher_server.backends import load_backend
@@ -223,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         "model_version": backend.version,
         "device": backend.device,
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "cpu_count": os.cpu_count(),
         "seconds_per_config": args.seconds,
         "rounds": args.rounds,
