@@ -266,7 +266,9 @@ def markdown_report(report: dict[str, Any], command: Optional[str] = None) -> st
     if command:
         lines.append(f"\nCommand: `{command}`")
     title = f"Stream evaluation on {Path(report['video']).name} (ground truth: {t['model_name']} labels)"
-    return "\n".join(lines) + "\n\n" + lvs_table(report["runs"], title=title)
+    notes = [f"- {r['method']}: {r['notes']}" for r in report["runs"] if r.get("notes")]
+    tail = ("\n" + "\n".join(notes) + "\n") if notes else ""
+    return "\n".join(lines) + "\n\n" + lvs_table(report["runs"], title=title) + tail
 
 
 def write_plot(report: dict[str, Any], path: Path, fps: Optional[float] = None) -> Path:
