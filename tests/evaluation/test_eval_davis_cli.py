@@ -7,7 +7,6 @@ scaled down and the update budget is small so the test stays CPU-sized.
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -7,11 +7,8 @@ a second run must take every label from the cache and never label a frame.
 from __future__ import annotations
 
 import json
-import math
-import os
 
 import cv2
-import numpy as np
 import pytest
 
 from sdk.cli import main
