@@ -124,10 +124,19 @@ class OrtTrainer:
         api, m, d = self.api, self.manifest, self.artifact_dir
         try:
             self.state = api.CheckpointState.load_checkpoint(str(checkpoint))
-            self.module = api.Module(
-                self._training_model(), self.state, str(m.path(d, "eval")), device=self.device,
-                session_options=self._options(),
-            )
+            plain = str(m.path(d, "training"))
+            training = self._training_model()
+            try:
+                self.module = api.Module(
+                    training, self.state, str(m.path(d, "eval")), device=self.device, session_options=self._options()
+                )
+            except Exception as exc:
+                if training == plain:
+                    raise
+                log.warning("ORT rejected the NCHWc training graph (%s); using the plain one", exc)
+                self.module = api.Module(
+                    plain, self.state, str(m.path(d, "eval")), device=self.device, session_options=self._options()
+                )
             self.optimizer = api.Optimizer(str(m.path(d, "optimizer")), self.module)
         except Exception as exc:
             raise ArtifactError(
@@ -153,10 +162,14 @@ class OrtTrainer:
 
         import onnx
 
-        model, _ = nchwc_graphs(onnx.load(str(path)), block, inline_pack=True)
-        self._workdir = tempfile.TemporaryDirectory(prefix="jitnet-train-")
-        out = Path(self._workdir.name) / path.name
-        onnx.save(model, str(out))
+        try:
+            model, _ = nchwc_graphs(onnx.load(str(path)), block, inline_pack=True)
+            self._workdir = tempfile.TemporaryDirectory(prefix="jitnet-train-")
+            out = Path(self._workdir.name) / path.name
+            onnx.save(model, str(out))
+        except Exception as exc:  # a slower graph, never a failure
+            log.warning("could not rewrite %s for NCHWc (%s); using it as is", path, exc)
+            return str(path)
         return str(out)
 
     def _bind_inference(self) -> None:
@@ -176,16 +189,24 @@ class OrtTrainer:
         if self.device != "cpu":
             return
         model_path = str(m.path(d, "inference"))
-        model: object = model_path
         block = nchwc_block_size()
         if block:
             import onnx
 
-            nchwc, pack = nchwc_graphs(onnx.load(model_path), block)
-            model = nchwc.SerializeToString()
-            self._pack = ort.InferenceSession(pack.SerializeToString(), self._options(), providers=["CPUExecutionProvider"])
-            self._pack_binding = self._pack.io_binding()
-        self._session = ort.InferenceSession(model, self._options(), providers=["CPUExecutionProvider"])
+            try:
+                nchwc, pack = nchwc_graphs(onnx.load(model_path), block)
+                self._session = ort.InferenceSession(
+                    nchwc.SerializeToString(), self._options(), providers=["CPUExecutionProvider"]
+                )
+                self._pack = ort.InferenceSession(
+                    pack.SerializeToString(), self._options(), providers=["CPUExecutionProvider"]
+                )
+                self._pack_binding = self._pack.io_binding()
+            except Exception as exc:  # a slower graph, never a failure
+                log.warning("NCHWc inference graph failed (%s); using the plain one", exc)
+                self._session = self._pack = None
+        if self._session is None:
+            self._session = ort.InferenceSession(model_path, self._options(), providers=["CPUExecutionProvider"])
         self._binding = self._session.io_binding()
         wanted = {i.name for i in self._session.get_inputs()}
         pack_wanted = {i.name for i in self._pack.get_inputs()} if self._pack else set()
