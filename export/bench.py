@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-log = logging.getLogger(__name__)
-
 DEFAULT_SIZES = "256x448,384x640,720x1280"
 DEFAULT_WIDTHS = "0.5,1.0"
 
