@@ -77,12 +77,13 @@ def test_killed_mid_save_never_leaves_a_corrupt_snapshot(artifacts, tmp_path):
         sys.path.insert(0, {str(REPO_ROOT)!r})
         from edge_agent.trainer import load_trainer
         t = load_trainer({str(artifacts)!r}, backend="ort")
+        t.save({str(tmp_path)!r})  # one good snapshot exists before any kill
         print("ready", flush=True)
         while True:
             t.save({str(tmp_path)!r})
         """
     )
-    for delay in (0.3, 0.55, 0.8):
+    for delay in (0.05, 0.2, 0.45):  # a save takes ~0.1-1 s here: these land mid-write
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         try:
