@@ -85,8 +85,30 @@ class SnapshotStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         for old in self.snapshots()[self.keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+            # Rename first (atomic), delete after: a crash mid-delete leaves
+            # a hidden trash folder, never a published snapshot with files missing.
+            trash = self.root / f".trash-{old.name}-{time.monotonic_ns()}"
+            try:
+                os.replace(old, trash)
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+        self._clean_leftovers()
         return final
+
+    def _clean_leftovers(self) -> None:
+        """Remove trash and the temporary folders of processes that died mid-save."""
+        for p in self.root.iterdir():
+            if p.name.startswith(".trash-"):
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.name.startswith(".tmp-"):
+                try:
+                    pid = int(p.name.split("-")[1])
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    shutil.rmtree(p, ignore_errors=True)
+                except (ValueError, IndexError, PermissionError):
+                    pass
 
     def verify(self, snapshot: Path) -> Optional[dict[str, Any]]:
         """The snapshot's metadata if every file is present and intact, else None."""
