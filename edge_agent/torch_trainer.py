@@ -13,8 +13,7 @@ from typing import Optional
 import numpy as np
 
 from edge_agent.manifest import ArtifactError, load_manifest
-from edge_agent.state import SnapshotStore
-from edge_agent.trainer import StepResult, _check_identity, _identity, check_image, check_targets, to_nchw
+from edge_agent.trainer import StepResult, check_image, check_targets, latest_snapshot, save_snapshot, to_nchw
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +82,13 @@ class TorchTrainer:
                 {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, folder / "state.pt"
             )
 
-        return SnapshotStore(state_dir).save(write, {"backend": self.backend, "steps": self.steps, **_identity(self.manifest)})
+        return save_snapshot(self, state_dir, write)
 
     def restore(self, state_dir: Path | str) -> bool:
-        found = SnapshotStore(state_dir).latest()
+        found = latest_snapshot(self, state_dir)
         if found is None:
             return False
         folder, record = found
-        _check_identity(record, self.manifest, self.backend, folder)
         blob = self.torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
         self.model.load_state_dict(blob["model"])
         self.optimizer.load_state_dict(blob["optimizer"])

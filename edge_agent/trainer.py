@@ -273,15 +273,14 @@ class OrtTrainer:
         def write(folder: Path) -> None:
             self.api.CheckpointState.save_checkpoint(self.state, str(folder / "checkpoint"), include_optimizer_state=True)
 
-        return SnapshotStore(state_dir).save(write, {"backend": self.backend, "steps": self.steps, **_identity(self.manifest)})
+        return save_snapshot(self, state_dir, write)
 
     def restore(self, state_dir: Path | str) -> bool:
         """Load the newest intact snapshot; False when there is none."""
-        found = SnapshotStore(state_dir).latest()
+        found = latest_snapshot(self, state_dir)
         if found is None:
             return False
         folder, record = found
-        _check_identity(record, self.manifest, self.backend, folder)
         self._load(folder / "checkpoint")
         self.steps = int(record.get("steps", 0))
         log.info("restored student state from %s (step %d)", folder, self.steps)
@@ -456,6 +455,20 @@ def _flipped_weight_shapes(graph: "onnx.GraphProto", shapes: dict[str, list[int]
     for node in graph.node:
         if node.op_type == "Slice" and node.input[0] in transposed:
             found[node.output[0]] = transposed[node.input[0]]  # a flip keeps the shape
+    return found
+
+
+def save_snapshot(trainer: Trainer, state_dir: Path | str, write) -> Path:
+    """Publish a snapshot written by ``write(folder)``, stamped with what student it holds."""
+    meta = {"backend": trainer.backend, "steps": trainer.steps, **_identity(trainer.manifest)}
+    return SnapshotStore(state_dir).save(write, meta)
+
+
+def latest_snapshot(trainer: Trainer, state_dir: Path | str):
+    """The newest intact snapshot for this student, or None; refuses another student's state."""
+    found = SnapshotStore(state_dir).latest()
+    if found is not None:
+        _check_identity(found[1], trainer.manifest, trainer.backend, found[0])
     return found
 
 
