@@ -209,7 +209,8 @@ def evaluate_stream(
         thr = reference_threshold(options.thresholds)
         cfg = replace(options.config, accuracy_threshold=thr)
         run = run_agent(f"Fixed stride {fixed_stride}", "fixed", frames, labels, groups, start.artifacts, cfg,
-                        controller=FixedStride(fixed_stride, cfg), keep_labels=keep == "fixed",
+                        controller=FixedStride(fixed_stride, cfg),
+                        keep_labels=keep in ("fixed", f"Fixed stride {fixed_stride}"),
                         backend=options.backend)
         run.notes = f"teacher every {fixed_stride} frames (mean stride of {online_name(thr)}), same update rule"
         runs.append(run)
