@@ -154,7 +154,9 @@ def side_by_side(*images: np.ndarray, titles: Optional[Sequence[str]] = None, ga
 
 def _with_title(image: np.ndarray, title: str) -> np.ndarray:
     scale = max(0.45, min(1.0, image.shape[0] / 600))
-    (tw, th), base = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    # The bar's height comes from a fixed reference string, not the title,
+    # so panels with different titles stay the same height side by side.
+    (_, th), base = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     bar = np.full((th + base + 10, image.shape[1], 3), 32, np.uint8)
     cv2.putText(bar, title, (6, th + 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return np.concatenate([bar, image], axis=0)

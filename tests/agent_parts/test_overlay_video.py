@@ -133,3 +133,12 @@ def test_writer_pads_odd_sizes_and_refuses_a_size_change(tmp_path, swan):
     assert ok and bgr.shape == (102, 152, 3)
     with pytest.raises(RuntimeError, match="closed"):
         writer.write(odd)
+
+
+def test_side_by_side_titles_with_different_glyphs_line_up():
+    """'teacher' has no descender, 'Student (jitnet 0.8)' has: the bars must still match."""
+    from sdk.overlay import side_by_side
+
+    a = np.zeros((288, 384, 3), np.uint8)
+    out = side_by_side(a, a.copy(), titles=["teacher", "Student (jitnet 0.8) gy"])
+    assert out.shape[1] == 384 * 2 + 8 and out.shape[0] > 288
