@@ -111,7 +111,6 @@ def select_device(requested: str = "auto") -> str:
         reason = f"this onnxruntime build has no CUDA provider (available: {available})"
     else:
         try:
-            import onnx
             from onnx import TensorProto, helper
 
             graph = helper.make_graph(

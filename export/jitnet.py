@@ -15,6 +15,7 @@ imports nothing from the rest of the project.
 from __future__ import annotations
 
 import contextlib
+import os
 import contextvars
 from dataclasses import dataclass
 from typing import Iterator
@@ -182,13 +183,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_student(model: JITNet, path: str | "os.PathLike[str]", **extra: object) -> None:
+def save_student(model: JITNet, path: "str | os.PathLike[str]", **extra: object) -> None:
     """A pre-trained student that `jitnet export --init` and the torch backend can start from."""
     torch.save({"width": model.spec.width, "num_classes": model.spec.num_classes,
                 "state_dict": model.state_dict(), **extra}, path)
 
 
-def load_student(path: str | "os.PathLike[str]", *, width: float | None = None, num_classes: int | None = None) -> JITNet:
+def load_student(path: "str | os.PathLike[str]", *, width: float | None = None, num_classes: int | None = None) -> JITNet:
     """Load a student saved by :func:`save_student`, checking it matches what is asked for."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if width is not None and abs(blob["width"] - width) > 1e-9:

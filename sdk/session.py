@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence
 
 from edge_agent.agent import DistillationAgent, FrameResult
 from edge_agent.config import DistillConfig
