@@ -22,8 +22,8 @@ def test_numpy_frames_example_segments_a_real_sequence_and_scores_it_against_hum
     # Frame 0 and at least one later frame go to the teacher; never all of them.
     assert 2 <= report["teacher_frames"] < frames
     assert report["updates"] >= 1
-    # Measured: IoU vs the human mask FLOOR_MEASURED over the last 12 frames (random-init student).
-    assert report["iou_vs_human_last_half"] > FLOOR
+    # Measured here: 0.67 IoU vs the human mask over the last 12 frames (random-init student, 2 teacher frames).
+    assert report["iou_vs_human_last_half"] > 0.45
 
 
 def test_every_example_documents_itself():
