@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     from edge_agent.agent import DistillationAgent
     from edge_agent.config import DistillConfig
-    from edge_agent.metrics import mean_iou
     from edge_agent.trainer import load_trainer
     from sdk.clips import find_clip, first_available
+    from sdk.evaluation.baselines import Scorer
     from sdk.session import default_artifacts
     from sdk.streams import read_frames
     from teacher_server.labeler import Labeler
@@ -88,19 +88,19 @@ def run(args: argparse.Namespace) -> int:
         trainer = load_trainer(artifacts)
         teacher = InProcessTeacher(labels, groups)
         agent = DistillationAgent(trainer, teacher, DistillConfig(accuracy_threshold=threshold))
-        ious, student_ms = [], 0.0
+        scorer, student_ms = Scorer(groups), 0.0
         start = time.perf_counter()
         for i, f in enumerate(frames):
             r = agent.process(i, f)
             student_ms += r.timings["frame_ms"] - r.timings["teacher_ms"]
-            ious.append(mean_iou(r.labels, labels[i].label_map, len(groups) + 1))
+            scorer.add(r.labels, labels[i].label_map)  # the paper's rule, as in `jitnet eval stream`
         wall = time.perf_counter() - start
         compute = student_ms + teacher.calls * t_ms
         rows.append({
             "method": "jitnet online distillation", "threshold": threshold, "frames": n,
             "fps": round(n / (wall + teacher.calls * t_ms / 1e3), 2), "compute_ms": round(compute, 1),
             "teacher_percent": round(100.0 * teacher.calls / n, 2), "updates": agent.updates,
-            "mean_iou": round(float(np.mean(ious)), 4), "speedup": round(teacher_total_ms / compute, 2),
+            "mean_iou": round(scorer.mean_iou, 4), "speedup": round(teacher_total_ms / compute, 2),
         })
         print(f"threshold {threshold}: teacher {rows[-1]['teacher_percent']}%, mean IoU {rows[-1]['mean_iou']:.3f}, "
               f"speedup {rows[-1]['speedup']}x")
