@@ -23,4 +23,4 @@ def test_bench_agent_reports_the_teacher_row_and_one_row_per_threshold(tmp_path,
         assert row["updates"] >= 1
         # Speedup = teacher-every-frame compute / agent compute, both measured in this run (on 20
         # frames with the cheap yolov5s-seg it is near 1: the first teacher frames' updates dominate).
-        assert row["compute_ms"] > 0 and row["speedup"] == round(teacher["compute_ms"] / row["compute_ms"], 2)
+        assert row["compute_ms"] > 0 and abs(row["speedup"] - teacher["compute_ms"] / row["compute_ms"]) <= 0.011
