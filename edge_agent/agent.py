@@ -101,6 +101,9 @@ class TeacherHealth:
         self.state = "rejected" if isinstance(exc, TeacherRejected) else "unavailable"
         self.error = str(exc)
         delay = min(self.max_s, self.first_s * 2 ** (self.failures - 1))
+        hint = getattr(exc, "retry_after_s", None)  # an overloaded server says when to come back
+        if hint:
+            delay = max(delay, min(float(hint), self.max_s))
         self.retry_at = now + delay
         log.warning("teacher %s (%s); next try in %.1f s", self.state, exc, delay)
 
@@ -169,8 +172,13 @@ class DistillationAgent:
     # -- teacher ---------------------------------------------------------------
     def _ask_teacher(self, index: int, frame: np.ndarray, result: FrameResult, timings: dict) -> None:
         if self.live:
+            try:
+                future = self.teacher.submit(frame, self.groups, frame_index=index)
+            except Exception as exc:  # e.g. a closed client: segmentation goes on, the teacher is retried later
+                self.health.failed(exc, time.monotonic())
+                return
             self.controller.start(index)
-            self._pending = (index, self.teacher.submit(frame, self.groups, frame_index=index), frame)
+            self._pending = (index, future, frame)
             return
         start = time.perf_counter()
         try:

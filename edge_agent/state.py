@@ -57,8 +57,10 @@ class SnapshotStore:
     def snapshots(self) -> list[Path]:
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-        return sorted(found, key=lambda p: p.name, reverse=True)
+        # Only our own names: a stray "snapshot-old" folder someone left there is ignored, not fatal.
+        found = [p for p in self.root.iterdir()
+                 if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
 
     def save(self, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
         """Call ``write(tmp_dir)`` to fill a new snapshot, then publish it atomically."""

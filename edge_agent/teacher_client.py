@@ -29,12 +29,15 @@ RETRY_AFTER_KEY = "retry-after-ms"
 
 
 class TeacherError(Exception):
-    """A label request failed. `code` is the grpc.StatusCode, `details` the server's message."""
+    """A label request failed. `code` is the grpc.StatusCode, `details` the server's message,
+    `retry_after_s` the server's hint (RESOURCE_EXHAUSTED) of when to try again, if it gave one."""
 
-    def __init__(self, message: str, code: Optional[grpc.StatusCode] = None, details: str = "") -> None:
+    def __init__(self, message: str, code: Optional[grpc.StatusCode] = None, details: str = "",
+                 retry_after_s: Optional[float] = None) -> None:
         super().__init__(message)
         self.code = code
         self.details = details
+        self.retry_after_s = retry_after_s
 
 
 class TeacherUnavailable(TeacherError):
@@ -261,6 +264,7 @@ class TeacherClient:
                         f"teacher at {self.url} unavailable after {attempt} attempt(s): {code.name}: {details}",
                         code,
                         details,
+                        retry_after,
                     ) from None
                 log.debug("teacher %s: %s, retrying in %.3f s", self.url, code.name, wait)
                 time.sleep(wait)

@@ -50,6 +50,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except _USER_ERRORS as exc:
+        # Bad input the user can fix (a missing file, a broken artifact directory, a dead
+        # teacher, a malformed option): one line that says what is wrong, no traceback.
+        if args.verbose:
+            raise
+        print(f"jitnet {args.command}: error: {exc} (jitnet -v {args.command} ... shows the traceback)", file=sys.stderr)
+        return 2
+
+
+# Errors that describe the user's input or environment, not a bug (ValueError covers the
+# project's FrameError, GroupError, DavisLayoutError, CocoLayoutError and option checks;
+# RuntimeError its ArtifactError, StreamError, RuntimeEnvironmentError, BackendUnavailable).
+_USER_ERRORS = (OSError, ValueError, RuntimeError, ConnectionError)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True,
                         help="grpc://host:port, grpcs://host:port, or embedded[:yolov5s-seg|yolov7-seg]")
     parser.add_argument("--token", help="bearer token for the teacher")
+    parser.add_argument("--camera-id", default="cam0",
+                        help="this camera's id at the teacher (per-camera tokens and fair queueing)")
+    parser.add_argument("--root-cert", type=Path, help="CA certificate (PEM) for a grpcs:// teacher with a private CA")
     parser.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                         help="live mode (default for cameras and URLs) or replay (default for files)")
     parser.add_argument("--degraded-ok", action="store_true",
@@ -54,6 +57,8 @@ def open_session(args: argparse.Namespace, teacher: str, *, strict: bool = True)
         device=args.device,
         state_dir=args.state,
         token=getattr(args, "token", None),
+        camera_id=getattr(args, "camera_id", "cam0"),
+        root_cert=getattr(args, "root_cert", None),
         strict=strict,
     )
 

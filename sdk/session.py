@@ -77,14 +77,18 @@ class Session:
         self.teacher = None
         self.teacher_info: dict[str, Any] = {}
         self.url = teacher_url
-        if teacher_url and teacher_url.startswith(EMBEDDED_PREFIX):
-            self.url = self._start_embedded(teacher_url)
-        artifacts = options.artifacts or default_artifacts(options.classes, options.width)
-        self.trainer = load_trainer(artifacts, backend=options.backend, device=options.device, threads=options.threads)
-        if options.state_dir is not None:
-            self.trainer.restore(options.state_dir)
-        if self.url:
-            self._connect_teacher()
+        try:
+            if teacher_url and teacher_url.startswith(EMBEDDED_PREFIX):
+                self.url = self._start_embedded(teacher_url)
+            artifacts = options.artifacts or default_artifacts(options.classes, options.width)
+            self.trainer = load_trainer(artifacts, backend=options.backend, device=options.device, threads=options.threads)
+            if options.state_dir is not None:
+                self.trainer.restore(options.state_dir)
+            if self.url:
+                self._connect_teacher()
+        except BaseException:
+            self.close()  # an embedded teacher started above must not outlive a failed connect
+            raise
         self._last_save = time.monotonic()
 
     def _start_embedded(self, url: str) -> str:

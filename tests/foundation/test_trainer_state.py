@@ -111,3 +111,14 @@ def test_restore_refuses_a_state_from_another_student(artifacts, tmp_path_factor
 
 def test_restore_from_an_empty_directory_says_nothing_to_restore(artifacts, tmp_path):
     assert load_trainer(artifacts, backend="ort").restore(tmp_path / "none") is False
+
+
+def test_a_stray_folder_named_like_a_snapshot_is_ignored_not_fatal(tmp_path):
+    store = SnapshotStore(tmp_path, keep=5)
+    (tmp_path / "snapshot-old").mkdir()  # e.g. a user's manual backup
+    first = store.save(lambda d: (d / "w.bin").write_bytes(b"1"), {"step": 1})
+    second = store.save(lambda d: (d / "w.bin").write_bytes(b"2"), {"step": 2})
+    assert (first.name, second.name) == ("snapshot-00000001", "snapshot-00000002")
+    assert store.snapshots() == [second, first]
+    assert store.latest()[1]["step"] == 2
+    assert (tmp_path / "snapshot-old").is_dir()  # not ours: left alone
