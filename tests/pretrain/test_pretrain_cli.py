@@ -47,7 +47,7 @@ def test_pretraining_lowers_the_loss_and_records_it(pretrained):
     assert all(0.0 <= h["val_miou"] <= 1.0 for h in history)
 
 
-def test_export_init_turns_the_checkpoint_into_artifacts_that_predict_like_it(pretrained, coco_root, tmp_path):
+def test_export_init_turns_the_checkpoint_into_artifacts_that_predict_like_it(pretrained, coco_root, tmp_path, capsys):
     art = tmp_path / "art"
     assert main(["export", "--init", str(pretrained), "--classes", "person,auto", "--width", "0.5",
                  "--size", SIZE, "--out", str(art)]) == 0
@@ -61,9 +61,11 @@ def test_export_init_turns_the_checkpoint_into_artifacts_that_predict_like_it(pr
         ref = model(torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32)))[0].argmax(0).numpy()
     assert got.shape == (128, 224)
     assert (got == ref).mean() > 0.99
-    with pytest.raises(ValueError, match="3 classes"):
-        main(["export", "--init", str(pretrained), "--classes", "person", "--width", "0.5",
-              "--size", SIZE, "--out", str(tmp_path / "wrong")])
+    # A checkpoint for other classes: one line that says so, exit 2, nothing written.
+    assert main(["export", "--init", str(pretrained), "--classes", "person", "--width", "0.5",
+                 "--size", SIZE, "--out", str(tmp_path / "wrong")]) == 2
+    assert "3 classes" in capsys.readouterr().err
+    assert not (tmp_path / "wrong" / "manifest.json").exists()
 
 
 def test_init_continues_from_the_checkpoint(pretrained, coco_root, tmp_path):
