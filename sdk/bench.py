@@ -7,7 +7,7 @@ import importlib
 BENCHES: dict[str, tuple[str, str]] = {
     "train": ("export.bench", "ORT vs PyTorch eager: inference and train step"),
     "teacher": ("teacher_server.bench", "teacher server throughput and latency, batching on/off"),
-    "agent": ("edge_agent.bench", "agent vs teacher-on-every-frame: compute, IoU, teacher %%"),
+    "agent": ("edge_agent.bench", "agent vs teacher-on-every-frame: compute, IoU, teacher share"),
 }
 
 
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     sub.required = True
     for name, (module_name, help_text) in BENCHES.items():
-        p = sub.add_parser(name, help=help_text, description=help_text.replace("%%", "%"))
+        p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_bench_module=module_name)
         try:
             importlib.import_module(module_name).add_arguments(p)

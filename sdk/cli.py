@@ -62,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # Errors that describe the user's input or environment, not a bug (ValueError covers the
 # project's FrameError, GroupError, DavisLayoutError, CocoLayoutError and option checks;
 # RuntimeError its ArtifactError, StreamError, RuntimeEnvironmentError, BackendUnavailable).
-_USER_ERRORS = (OSError, ValueError, RuntimeError, ConnectionError)
+_USER_ERRORS = (OSError, ValueError, RuntimeError)  # OSError includes ConnectionError
 
 
 if __name__ == "__main__":

@@ -109,8 +109,7 @@ class Session:
             info = self.teacher.info(deadline_s=min(5.0, o.teacher_timeout_s))
             self.teacher_info = {"model": info.model_name, "version": info.model_version}
         except TeacherError as exc:
-            if o.strict:
-                self.close()
+            if o.strict:  # __init__ closes the session on the way out
                 raise ConnectionError(
                     f"teacher at {self.url} does not answer ({exc}); check the address and that "
                     "`jitnet teacher` runs there, or connect with strict=False to segment with the "
