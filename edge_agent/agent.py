@@ -18,13 +18,14 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-from edge_agent.config import DistillConfig
-from edge_agent.controller import BackoffController
-from edge_agent.frames import Geometry, check_frame
-from edge_agent.metrics import mean_iou
-from edge_agent.teacher_client import TeacherError, TeacherLabels, TeacherRejected
+from core.config import DistillConfig
+from edge_agent.stride import AdaptiveStride
+from core.geometry import Geometry, check_frame
+from core.metrics import mean_iou
+from core.labels import TeacherLabels
+from edge_agent.teacher_client import TeacherError, TeacherRejected
 from edge_agent.trainer import Trainer
-from edge_agent.weights import box_weights
+from core.targets import box_weights
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class _Lesson:
     updates: int = 0
 
 
-class TeacherHealth:
+class TeacherAvailability:
     """Exponential back-off for a teacher that fails, so a dead one is not hammered."""
 
     def __init__(self, first_s: float = 0.5, max_s: float = 30.0):
@@ -118,16 +119,16 @@ class DistillationAgent:
         config: DistillConfig = DistillConfig(),
         *,
         live: bool = False,
-        controller: Optional[BackoffController] = None,
+        controller: Optional[AdaptiveStride] = None,
     ):
         self.trainer = trainer
         self.teacher = teacher
         self.config = config
         self.live = live
-        self.controller = controller or BackoffController(config)
+        self.controller = controller or AdaptiveStride(config)
         self.class_names = list(trainer.manifest.class_names)
         self.groups = self.class_names[1:]
-        self.health = TeacherHealth()
+        self.health = TeacherAvailability()
         if teacher is None:
             self.health.state = "off"
         self._geometry: Optional[Geometry] = None

@@ -21,11 +21,11 @@ import cv2
 import grpc
 import numpy as np
 
+from core.labels import RETRY_AFTER_KEY, Instance, TeacherLabels
 from protos import teacher_pb2, teacher_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_KEY = "retry-after-ms"
 
 
 class TeacherError(Exception):
@@ -50,33 +50,6 @@ class TeacherTimeout(TeacherUnavailable):
 
 class TeacherRejected(TeacherError):
     """The teacher refused this request (bad frame, unknown group, wrong token): retrying will not help."""
-
-
-@dataclass(frozen=True)
-class Instance:
-    """A teacher detection in the label map: box in pixels (x0, y0, x1, y1), group_index 1-based."""
-
-    box: tuple[float, float, float, float]
-    group: str
-    group_index: int
-    score: float
-    class_name: str = ""
-
-
-@dataclass
-class TeacherLabels:
-    """The teacher's answer for one frame: label_map uint8 (H, W), 0 = background, k = groups[k-1]."""
-
-    frame_index: int
-    label_map: np.ndarray
-    instances: list[Instance]
-    groups: tuple[str, ...]
-    model_name: str
-    model_version: str
-    timings: dict[str, float] = field(default_factory=dict)
-    #: Client-side wall time for the whole call, retries included.
-    latency_s: float = 0.0
-    attempts: int = 1
 
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -170,8 +143,8 @@ class TeacherClient:
         camera_id: str = "cam0",
         timeout_s: float = 10.0,
         max_attempts: int = 4,
-        backoff_s: float = 0.1,
-        max_backoff_s: float = 2.0,
+        retry_delay_s: float = 0.1,
+        max_retry_delay_s: float = 2.0,
         encoding: str = "jpeg",
         jpeg_quality: int = 90,
         max_message_bytes: int = 64 * 1024 * 1024,
@@ -199,8 +172,8 @@ class TeacherClient:
         self.camera_id = camera_id
         self.timeout_s = float(timeout_s)
         self.max_attempts = int(max_attempts)
-        self.backoff_s = float(backoff_s)
-        self.max_backoff_s = float(max_backoff_s)
+        self.retry_delay_s = float(retry_delay_s)
+        self.max_retry_delay_s = float(max_retry_delay_s)
         self.encoding = encoding
         self.jpeg_quality = int(jpeg_quality)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -257,7 +230,7 @@ class TeacherClient:
                 if not retryable:
                     cls = TeacherUnavailable if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) else TeacherRejected
                     raise cls(f"teacher rejected frame {frame_index}: {code.name}: {details}", code, details) from None
-                backoff = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                backoff = min(self.max_retry_delay_s, self.retry_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 wait = max(backoff, retry_after or 0.0)
                 if attempt >= self.max_attempts or time.monotonic() + wait >= end:
                     raise TeacherUnavailable(

@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from edge_agent.manifest import ArtifactError, load_manifest
-from edge_agent.trainer import StepResult, check_image, check_targets, latest_snapshot, save_snapshot, to_nchw
+from core.manifest import ArtifactError, load_manifest
+from edge_agent.student import StepResult, check_image, check_targets, latest_snapshot, save_snapshot, to_nchw
 
 log = logging.getLogger(__name__)
 

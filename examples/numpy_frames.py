@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 import sdk
-from edge_agent.config import DistillConfig
+from core.config import DistillConfig
 
 
 def read_sequence(root: Path, sequence: str, frames: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 import sdk
-from edge_agent.config import DistillConfig
+from core.config import DistillConfig
 from sdk.clips import find_clip, first_available
 from sdk.overlay import OverlayWriter, overlay
 

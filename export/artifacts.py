@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 import torch
 
-from edge_agent.config import DistillConfig
-from edge_agent.manifest import FORMAT_VERSION, Manifest
+from core.config import DistillConfig
+from core.manifest import FORMAT_VERSION, Manifest
 from export.jitnet import INPUT_MEAN, INPUT_STD, STRIDE, JITNet, build_jitnet, count_parameters, resize_upsampling
 
 log = logging.getLogger(__name__)

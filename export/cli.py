@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_agent.config import DistillConfig
+from core.config import DistillConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

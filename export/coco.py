@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import cv2
 import numpy as np
 
-from teacher_server.groups import GroupSpec, resolve_groups
+from core.groups import GroupSpec, resolve_groups
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class CocoDataset:
     """The images of a COCO-format dataset that hold the requested class groups.
 
     ``groups`` are class-group names as cameras request them (``person``,
-    ``auto``, any COCO class name): see :func:`teacher_server.groups.resolve_groups`.
+    ``auto``, any COCO class name): see :func:`core.groups.resolve_groups`.
     Images with none of them are dropped unless ``include_empty``; they only
     teach "background", which most pixels already do.
     """

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-STRIDE = 32
+from core.geometry import STRIDE  # JITNet's total stride: one definition, in core
 
 # Inputs are RGB float 0..255 in NCHW; normalisation is part of the graph so
 # that every runtime feeds raw pixels the same way.

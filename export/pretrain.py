@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import cv2
 import numpy as np
 
-from edge_agent.config import DistillConfig
-from edge_agent.metrics import mean_iou
-from edge_agent.weights import box_weights
+from core.config import DistillConfig
+from core.geometry import STRIDE
+from core.metrics import mean_iou
+from core.targets import box_weights
 
 if TYPE_CHECKING:  # torch is imported where it is used: `jitnet --help` stays light
     from export.coco import CocoDataset
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: `jitnet --help` stays l
 
 log = logging.getLogger(__name__)
 
-STRIDE = 32
 #: Random views are scaled by this factor range relative to the scale at
 #: which the image just covers the training size (below 1: padded, weight 0).
 SCALE_RANGE = (0.75, 1.5)
@@ -159,7 +159,7 @@ class EpochRecord:
     epoch: int  # 0 = before any training
     train_loss: float  # mean over the epoch's batches (NaN for epoch 0)
     val_loss: float  # weighted CE on the held-out views (NaN without a held-out slice)
-    val_miou: float  # mean over held-out images of edge_agent.metrics.mean_iou
+    val_miou: float  # mean over held-out images of core.metrics.mean_iou
     seconds: float
 
 
@@ -353,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
 
     from export.coco import CocoDataset, CocoLayoutError
     from export.jitnet import load_student
-    from teacher_server.groups import GroupError
+    from core.groups import GroupError
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     try:

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from edge_agent.config import DistillConfig
+from core.config import DistillConfig
 
 log = logging.getLogger(__name__)
 

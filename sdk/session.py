@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from edge_agent.agent import DistillationAgent, FrameResult
-from edge_agent.config import DistillConfig
+from core.config import DistillConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def default_artifacts(classes: Sequence[str], width: float) -> Path:
     root = Path(os.environ.get("JITNET_CACHE", Path.home() / ".cache" / "jitnet-edge")) / "artifacts"
     target = root / f"{'-'.join(classes)}-w{width:g}"
     try:
-        from edge_agent.manifest import load_manifest
+        from core.manifest import load_manifest
 
         manifest = load_manifest(target)
         if manifest.class_names[1:] == list(classes):

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from teacher_server.backends.base import TeacherBackend
-from teacher_server.groups import GroupSpec, resolve_groups
+from core.groups import GroupSpec, resolve_groups
 from teacher_server.semantic import DEFAULT_SCORE_THRESHOLD, LabeledInstance, instances_to_label_map
 
 

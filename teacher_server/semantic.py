@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from teacher_server.groups import GroupSpec
+from core.groups import GroupSpec
 
 #: The paper keeps detections with score >= 0.5.
 DEFAULT_SCORE_THRESHOLD = 0.5

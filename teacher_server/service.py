@@ -18,18 +18,18 @@ from typing import Any, Iterator, Optional
 import grpc
 import numpy as np
 
+from core.labels import RETRY_AFTER_KEY
 from protos import teacher_pb2, teacher_pb2_grpc
 from teacher_server.auth import TokenAuth
 from teacher_server.batcher import DeadlineExpired, DynamicBatcher, Job, QueueFull, ShuttingDown
 from teacher_server.codec import FrameError, decode_encoded, decode_raw, encode_label_map
-from teacher_server.groups import GroupError, GroupSpec, known_groups, resolve_groups
+from core.groups import GroupError, GroupSpec, known_groups, resolve_groups
 from teacher_server.labeler import LabelResult
 from teacher_server.metrics import TeacherMetrics
 
 log = logging.getLogger(__name__)
 
 #: Trailing-metadata key of the backpressure hint (milliseconds, decimal string).
-RETRY_AFTER_KEY = "retry-after-ms"
 _UNAUTHENTICATED = "missing or invalid bearer token for this camera"
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdk.evaluation.cost import (
+from evaluation.cost import (
     UnitCosts,
     flow_speedup,
     speedup,

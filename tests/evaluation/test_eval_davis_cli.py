@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from sdk.cli import main
-from sdk.evaluation.davis_eval import adapt, mask_box
+from cli.main import main
+from evaluation.davis_eval import adapt, mask_box
 
 N_FRAMES = 20
 
@@ -73,9 +73,9 @@ def test_davis_configuration_scores_every_sequence(small_root, object_artifacts,
 
 def test_adapt_stops_at_the_threshold_or_the_budget(object_artifacts, davis_root):
     from conftest import load_davis_frame
-    from edge_agent.frames import Geometry
+    from core.geometry import Geometry
     from edge_agent.trainer import load_trainer
-    from edge_agent.weights import box_weights
+    from core.targets import box_weights
 
     frame, mask = load_davis_frame("blackswan", 0)
     geo = Geometry.for_frame(frame.shape[:2], 0.25)

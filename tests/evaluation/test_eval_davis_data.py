@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import load_davis_frame
 
-from sdk.evaluation.davis_data import DavisLayoutError, LazyFrames, list_sequences, load_sequence
+from evaluation.davis_data import DavisLayoutError, LazyFrames, list_sequences, load_sequence
 
 
 def make_root(tmp: Path, davis_root: Path, seq: str, n_frames: int, n_masks: int, resolution: str = "") -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import load_davis_frame
 
-from sdk.evaluation.davis_metrics import (
+from evaluation.davis_metrics import (
     bound_pixels,
     boundary_precision_recall,
     db_eval_iou,

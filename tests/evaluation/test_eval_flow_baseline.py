@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdk.evaluation.davis_data import load_sequence
-from sdk.evaluation.davis_metrics import db_eval_iou
-from sdk.evaluation.flow import FLOW_METHODS, FlowPropagator, run_flow_baseline
+from evaluation.davis_data import load_sequence
+from evaluation.davis_metrics import db_eval_iou
+from evaluation.flow import FLOW_METHODS, FlowPropagator, run_flow_baseline
 
 
 @pytest.fixture(scope="module")

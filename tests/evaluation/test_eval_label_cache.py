@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import load_davis_frame
 
-from sdk.evaluation import label_cache as lc
-from sdk.evaluation.flow import run_flow_baseline
-from sdk.evaluation.label_cache import CacheKey, LabelCache, video_identity
+from evaluation import label_cache as lc
+from evaluation.flow import run_flow_baseline
+from evaluation.label_cache import CacheKey, LabelCache, video_identity
 
 GROUPS = [["person"], ["car", "bus", "truck"]]
 
@@ -134,7 +134,7 @@ def test_video_identity_follows_content_not_location(tmp_path, davis_root):
 
 
 def test_cached_teacher_makes_a_baseline_rerun_teacher_free(tmp_path, davis_root, key):
-    from sdk.evaluation.davis_data import load_sequence
+    from evaluation.davis_data import load_sequence
 
     frames, masks = load_sequence(davis_root, "car-shadow")
     frames = frames[:9]

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sdk.evaluation.report import (
+from evaluation.report import (
     davis_table,
     lvs_table,
     markdown_table,

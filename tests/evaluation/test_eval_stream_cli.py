@@ -11,7 +11,7 @@ import json
 import cv2
 import pytest
 
-from sdk.cli import main
+from cli.main import main
 from sdk.clips import first_available
 
 N_FRAMES = 24

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from conftest import load_davis_frame
 
-from sdk.evaluation.student import resolve_start
-from sdk.evaluation.teacher_labels import CachedTeacher, boxes_from_labels, teacher_gflops
+from evaluation.student import resolve_start
+from evaluation.teacher_labels import CachedTeacher, boxes_from_labels, teacher_gflops
 
 
 def test_init_checkpoint_is_exported_once_and_reported(tmp_path, monkeypatch):

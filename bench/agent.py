@@ -1,0 +1,111 @@
+"""`jitnet bench agent`: online distillation vs the teacher on every frame, one clip, one run.
+
+(a) the teacher labels every frame (its labels are also the reference);
+(b) the agent at thresholds 0.7 / 0.8 / 0.9, each from the same initial
+student, asking the same teacher (in process, so the cost counted is the
+teacher's compute, not the network).  Costs are this machine's measured
+milliseconds: teacher ms per frame, student inference, train steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clip", default=None, help="clip name (vtest, bikes) or path (default: the demo clip)")
+    parser.add_argument("--teacher", default="yolov7-seg", help="teacher backend name")
+    parser.add_argument("--classes", default="person,auto")
+    parser.add_argument("--thresholds", default="0.7,0.8,0.9")
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--scale", type=float, default=0.5, help="frame scale for the student (and the teacher)")
+    parser.add_argument("--artifacts", type=Path, help="artifact directory (default: exported on first use)")
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--json", type=Path, required=True)
+
+
+class InProcessTeacher:
+    """The agent's Teacher interface over precomputed labels, charging their measured cost."""
+
+    def __init__(self, labels: Sequence[Any], groups: Sequence[str]):
+        self.labels, self.groups, self.calls = labels, list(groups), 0
+
+    def label(self, frame_rgb, groups, *, frame_index: int):
+        from core.labels import Instance, TeacherLabels
+
+        self.calls += 1
+        r = self.labels[frame_index]
+        return TeacherLabels(
+            frame_index=frame_index, label_map=r.label_map,
+            instances=[Instance(i.box, i.group, i.group_index, i.score, i.class_name) for i in r.instances],
+            groups=tuple(r.groups), model_name=r.model_name, model_version=r.model_version,
+        )
+
+    def submit(self, *args, **kwargs):  # replay only
+        raise NotImplementedError("the benchmark runs in replay mode")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edge_agent.agent import DistillationAgent
+    from core.config import DistillConfig
+    from edge_agent.trainer import load_trainer
+    from sdk.clips import find_clip, first_available
+    from evaluation.baselines import Scorer
+    from sdk.session import default_artifacts
+    from sdk.streams import read_frames
+    from teacher_server.labeler import Labeler
+
+    clip = first_available(("vtest", "bikes")) if args.clip is None else (
+        Path(args.clip) if Path(args.clip).exists() else find_clip(args.clip))
+    groups = [c.strip() for c in args.classes.split(",") if c.strip()]
+    frames = read_frames(str(clip), max_frames=args.frames, resize=args.scale)
+    n = len(frames)
+    artifacts = args.artifacts or default_artifacts(groups, args.width)
+
+    labeler = Labeler.from_name(args.teacher)
+    labeler.backend.warmup()
+    start = time.perf_counter()
+    teacher_ms = []
+    labels = []
+    for f in frames:
+        t = time.perf_counter()
+        labels.append(labeler.label(f, groups))
+        teacher_ms.append((time.perf_counter() - t) * 1e3)
+    teacher_total_ms = sum(teacher_ms)
+    t_ms = float(np.median(teacher_ms))
+    rows: list[dict[str, Any]] = [{
+        "method": f"teacher every frame ({labeler.model_name})", "threshold": None, "frames": n,
+        "fps": round(n / (time.perf_counter() - start), 2), "compute_ms": round(teacher_total_ms, 1),
+        "teacher_percent": 100.0, "mean_iou": 1.0, "speedup": 1.0,
+    }]
+    print(f"{rows[0]['method']}: {n} frames, {t_ms:.0f} ms/frame")
+    for threshold in (float(x) for x in args.thresholds.split(",")):
+        trainer = load_trainer(artifacts)
+        teacher = InProcessTeacher(labels, groups)
+        agent = DistillationAgent(trainer, teacher, DistillConfig(accuracy_threshold=threshold))
+        scorer, student_ms = Scorer(groups), 0.0
+        start = time.perf_counter()
+        for i, f in enumerate(frames):
+            r = agent.process(i, f)
+            student_ms += r.timings["frame_ms"] - r.timings["teacher_ms"]
+            scorer.add(r.labels, labels[i].label_map)  # the paper's rule, as in `jitnet eval stream`
+        wall = time.perf_counter() - start
+        compute = student_ms + teacher.calls * t_ms
+        rows.append({
+            "method": "jitnet online distillation", "threshold": threshold, "frames": n,
+            "fps": round(n / (wall + teacher.calls * t_ms / 1e3), 2), "compute_ms": round(compute, 1),
+            "teacher_percent": round(100.0 * teacher.calls / n, 2), "updates": agent.updates,
+            "mean_iou": round(scorer.mean_iou, 4), "speedup": round(teacher_total_ms / compute, 2),
+        })
+        print(f"threshold {threshold}: teacher {rows[-1]['teacher_percent']}%, mean IoU {rows[-1]['mean_iou']:.3f}, "
+              f"speedup {rows[-1]['speedup']}x")
+    report = {"clip": str(clip), "teacher": labeler.model_name, "classes": groups, "scale": args.scale,
+              "teacher_ms_per_frame": round(t_ms, 1), "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    return 0

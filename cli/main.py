@@ -1,0 +1,69 @@
+"""`jitnet` command line: one entry point, one module per subcommand.
+
+Each subcommand lives beside the code it drives and is imported only when
+called, so `jitnet teacher` never imports the edge runtime and `jitnet run`
+never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+# name -> (module with add_arguments(parser) and run(args) -> int, help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("sdk.doctor", "check that this environment can run each side"),
+    "export": ("export.cli", "write ONNX Runtime training artifacts for JITNet"),
+    "teacher": ("teacher_server.cli", "serve a teacher model over gRPC"),
+    "run": ("sdk.run_cli", "segment a stream with online distillation"),
+    "demo": ("sdk.demo", "the whole system on a real clip, with an embedded teacher"),
+    "eval": ("evaluation.cli", "the paper's evaluations on real video"),
+    "pretrain": ("export.pretrain", "pre-train the student offline on a COCO-format dataset"),
+    "bench": ("bench.cli", "benchmarks (train | teacher | agent)"),
+}
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jitnet", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    wanted = next((a for a in argv if a in COMMANDS), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:  # only the chosen command's module is imported
+            importlib.import_module(module_name).add_arguments(p)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except _USER_ERRORS as exc:
+        # Bad input the user can fix (a missing file, a broken artifact directory, a dead
+        # teacher, a malformed option): one line that says what is wrong, no traceback.
+        if args.verbose:
+            raise
+        print(f"jitnet {args.command}: error: {exc} (jitnet -v {args.command} ... shows the traceback)", file=sys.stderr)
+        return 2
+
+
+# Errors that describe the user's input or environment, not a bug (ValueError covers the
+# project's FrameError, GroupError, DavisLayoutError, CocoLayoutError and option checks;
+# RuntimeError its ArtifactError, StreamError, RuntimeEnvironmentError, BackendUnavailable).
+_USER_ERRORS = (OSError, ValueError, RuntimeError)  # OSError includes ConnectionError
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The ONNX Runtime training backend: JITNet from an artifact directory, never torch."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from core.manifest import ArtifactError, load_manifest
+from edge_agent.nchwc import nchwc_block_size, nchwc_graphs
+from edge_agent.student import StepResult, check_image, check_targets, latest_snapshot, save_snapshot, to_nchw
+
+log = logging.getLogger(__name__)
+
+
+class OrtTrainer:
+    """JITNet training and inference with onnxruntime-training (no torch)."""
+
+    backend = "ort"
+
+    def __init__(self, artifact_dir: Path | str, *, device: str = "auto", threads: Optional[int] = None):
+        from edge_agent.runtime import select_device, training_api
+
+        self.api = training_api()
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.artifact_dir = Path(artifact_dir)
+        self.manifest = load_manifest(self.artifact_dir)
+        self.device = select_device(device)
+        self.threads = threads
+        self.steps = 0
+        self._updates = 0  # optimizer steps taken by this object: packed weights follow them
+        self._load(self.manifest.path(self.artifact_dir, "checkpoint"))
+
+    # -- construction ---------------------------------------------------
+    def _options(self):
+        options = self._ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        # Idle pool threads sleep instead of spinning: the agent shares a
+        # small CPU with decoding, the teacher client and other processes,
+        # where spinning threads steal the cores the work needs (measured
+        # on 2 busy cores: train step 1065 ms spinning vs 500 ms not).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
+
+    def _load(self, checkpoint: Path) -> None:
+        api, m, d = self.api, self.manifest, self.artifact_dir
+        try:
+            self.state = api.CheckpointState.load_checkpoint(str(checkpoint))
+            plain = str(m.path(d, "training"))
+            training = self._training_model()
+            try:
+                self.module = api.Module(
+                    training, self.state, str(m.path(d, "eval")), device=self.device, session_options=self._options()
+                )
+            except Exception as exc:
+                if training == plain:
+                    raise
+                log.warning("ORT rejected the NCHWc training graph (%s); using the plain one", exc)
+                self.module = api.Module(
+                    plain, self.state, str(m.path(d, "eval")), device=self.device, session_options=self._options()
+                )
+            self.optimizer = api.Optimizer(str(m.path(d, "optimizer")), self.module)
+        except Exception as exc:
+            raise ArtifactError(
+                f"ONNX Runtime could not load the artifacts in {d} ({exc}); "
+                f"re-create them with: jitnet export --out {d}"
+            ) from exc
+        self.optimizer.set_learning_rate(m.optimizer_learning_rate)
+        self.module.train()
+        self._bind_inference()
+
+    def _training_model(self) -> str:
+        """The training graph, with NCHWc forward convolutions where ORT has them.
+
+        The rewrite depends on this CPU's block size, so it happens here and
+        not at export; the rewritten copy lives in a temporary directory
+        for as long as this trainer (the Module only reads it when loading).
+        """
+        path = self.manifest.path(self.artifact_dir, "training")
+        block = nchwc_block_size() if self.device == "cpu" else 0
+        if not block:
+            return str(path)
+        import tempfile
+
+        import onnx
+
+        try:
+            model, _ = nchwc_graphs(onnx.load(str(path)), block, inline_pack=True)
+            self._workdir = tempfile.TemporaryDirectory(prefix="jitnet-train-")
+            out = Path(self._workdir.name) / path.name
+            onnx.save(model, str(out))
+        except Exception as exc:  # a slower graph, never a failure
+            log.warning("could not rewrite %s for NCHWc (%s); using it as is", path, exc)
+            return str(path)
+        return str(out)
+
+    def _bind_inference(self) -> None:
+        """Bind the loss-free inference graph to the live parameter buffers.
+
+        On CPU, ``Parameter.data`` is a view of the tensor the optimizer
+        updates in place, so every step is visible to inference at no cost
+        and no re-export is needed.  Where ORT has NCHWc kernels the
+        convolution weights go through a packing graph first, rerun after
+        each update (see :func:`nchwc_graphs`).  On CUDA the eval graph
+        (which reads the live parameters by construction) is used instead.
+        """
+        ort, m, d = self._ort, self.manifest, self.artifact_dir
+        self._session = None
+        self._pack = None
+        self._packed_at = -1
+        if self.device != "cpu":
+            return
+        model_path = str(m.path(d, "inference"))
+        block = nchwc_block_size()
+        if block:
+            import onnx
+
+            try:
+                nchwc, pack = nchwc_graphs(onnx.load(model_path), block)
+                self._session = ort.InferenceSession(
+                    nchwc.SerializeToString(), self._options(), providers=["CPUExecutionProvider"]
+                )
+                self._pack = ort.InferenceSession(
+                    pack.SerializeToString(), self._options(), providers=["CPUExecutionProvider"]
+                )
+                self._pack_binding = self._pack.io_binding()
+            except Exception as exc:  # a slower graph, never a failure
+                log.warning("NCHWc inference graph failed (%s); using the plain one", exc)
+                self._session = self._pack = None
+        if self._session is None:
+            self._session = ort.InferenceSession(model_path, self._options(), providers=["CPUExecutionProvider"])
+        self._binding = self._session.io_binding()
+        wanted = {i.name for i in self._session.get_inputs()}
+        pack_wanted = {i.name for i in self._pack.get_inputs()} if self._pack else set()
+        self._param_views = []
+        for name, param in self.state.parameters:
+            view = param.data
+            self._param_views.append(view)  # keeps the buffer referenced
+            value = ort.OrtValue.ortvalue_from_numpy(view)
+            if name in wanted:
+                self._binding.bind_ortvalue_input(name, value)
+            if name in pack_wanted:
+                self._pack_binding.bind_ortvalue_input(name, value)
+        if self._pack is not None:
+            for out in self._pack.get_outputs():
+                buffer = ort.OrtValue.ortvalue_from_shape_and_type(out.shape, np.float32)
+                self._param_views.append(buffer)
+                self._pack_binding.bind_ortvalue_output(out.name, buffer)
+                self._binding.bind_ortvalue_input(out.name, buffer)
+
+    # -- inference and training --------------------------------------
+    def predict_logits(self, image: np.ndarray) -> np.ndarray:
+        """(classes, H, W) logits with the current weights."""
+        check_image(image, self.manifest.stride)
+        x = to_nchw(image)
+        if self._session is None:
+            h, w = image.shape[:2]
+            self.module.eval()
+            try:
+                _, logits = self.module(x, np.zeros((1, h, w), np.int64), np.zeros((1, h, w), np.float32))
+            finally:
+                self.module.train()
+            return logits[0]
+        if self._pack is not None and self._packed_at != self._updates:
+            self._pack.run_with_iobinding(self._pack_binding)
+            self._packed_at = self._updates
+        self._binding.bind_cpu_input("image", x)
+        self._binding.bind_output("logits", "cpu")
+        self._session.run_with_iobinding(self._binding)
+        return self._binding.copy_outputs_to_cpu()[0][0]
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 class per pixel."""
+        return self.predict_logits(image).argmax(0).astype(np.uint8)
+
+    def train_step(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> StepResult:
+        """One SGD-with-momentum step: forward, backward, update."""
+        check_image(image, self.manifest.stride)
+        check_targets(image, labels, pixel_weights, self.manifest.num_classes)
+        loss, logits = self.module(
+            to_nchw(image),
+            np.ascontiguousarray(labels[None], dtype=np.int64),
+            np.ascontiguousarray(pixel_weights[None], dtype=np.float32),
+        )
+        self.optimizer.step()
+        self.module.lazy_reset_grad()
+        self.steps += 1
+        self._updates += 1
+        return StepResult(float(loss), logits[0])
+
+    # -- persistence -------------------------------------------------------
+    def save(self, state_dir: Path | str) -> Path:
+        """Snapshot weights and optimizer state (momentum) atomically."""
+
+        def write(folder: Path) -> None:
+            self.api.CheckpointState.save_checkpoint(self.state, str(folder / "checkpoint"), include_optimizer_state=True)
+
+        return save_snapshot(self, state_dir, write)
+
+    def restore(self, state_dir: Path | str) -> bool:
+        """Load the newest intact snapshot; False when there is none."""
+        found = latest_snapshot(self, state_dir)
+        if found is None:
+            return False
+        folder, record = found
+        self._load(folder / "checkpoint")
+        self.steps = int(record.get("steps", 0))
+        log.info("restored student state from %s (step %d)", folder, self.steps)
+        return True

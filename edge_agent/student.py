@@ -1,0 +1,106 @@
+"""What every student backend shares: the trainer interface, input checks, snapshots.
+
+The ORT and torch backends both build on this module, and neither imports the
+other, so the device side stays acyclic.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from core.manifest import ArtifactError, Manifest
+from edge_agent.state import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    #: (classes, H, W) logits of the forward pass the step trained on, i.e.
+    #: of the weights *before* this step's update.
+    logits: np.ndarray
+
+    def prediction(self) -> np.ndarray:
+        return self.logits.argmax(0).astype(np.uint8)
+
+
+class Trainer(Protocol):
+    manifest: Manifest
+    backend: str
+    device: str
+    steps: int
+
+    def predict(self, image: np.ndarray) -> np.ndarray: ...
+    def train_step(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> StepResult: ...
+    def save(self, state_dir: Path | str) -> Path: ...
+    def restore(self, state_dir: Path | str) -> bool: ...
+
+
+def check_image(image: np.ndarray, stride: int = 32) -> None:
+    """The trainer takes the student's grid only; say how to get there otherwise."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(
+            f"expected an RGB image of shape (H, W, 3), got {shape}; "
+            "convert grayscale or RGBA frames to RGB first (cv2.cvtColor)"
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    h, w = image.shape[:2]
+    if h == 0 or w == 0 or h % stride or w % stride:
+        raise ValueError(
+            f"image is {h}x{w}; height and width must be positive multiples of {stride} "
+            "(JITNet's total stride): pad or crop it, e.g. with core.geometry.Geometry"
+        )
+
+
+def check_targets(image: np.ndarray, labels: np.ndarray, weights: np.ndarray, num_classes: int) -> None:
+    hw = image.shape[:2]
+    if labels.shape != hw:
+        raise ValueError(f"labels have shape {labels.shape}, expected {hw} to match the image")
+    if weights.shape != hw:
+        raise ValueError(f"pixel_weights have shape {weights.shape}, expected {hw} to match the image")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
+    if not np.all(np.isfinite(weights)) or float(weights.min()) < 0:
+        raise ValueError("pixel_weights must be finite and >= 0")
+
+
+def to_nchw(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def save_snapshot(trainer: Trainer, state_dir: Path | str, write) -> Path:
+    """Publish a snapshot written by ``write(folder)``, stamped with what student it holds."""
+    meta = {"backend": trainer.backend, "steps": trainer.steps, **_identity(trainer.manifest)}
+    return SnapshotStore(state_dir).save(write, meta)
+
+
+def latest_snapshot(trainer: Trainer, state_dir: Path | str):
+    """The newest intact snapshot for this student, or None; refuses another student's state."""
+    found = SnapshotStore(state_dir).latest()
+    if found is not None:
+        _check_identity(found[1], trainer.manifest, trainer.backend, found[0])
+    return found
+
+
+def _identity(manifest: Manifest) -> dict:
+    return {"class_names": manifest.class_names, "width": manifest.width}
+
+
+def _check_identity(record: dict, manifest: Manifest, backend: str, folder: Path) -> None:
+    if record.get("backend") != backend:
+        raise ArtifactError(f"{folder} was saved by the {record.get('backend')} backend, not {backend}")
+    if record.get("class_names") != manifest.class_names or record.get("width") != manifest.width:
+        raise ArtifactError(
+            f"{folder} holds a student for classes {record.get('class_names')} at width {record.get('width')}, "
+            f"but the artifacts are for {manifest.class_names} at width {manifest.width}; use another --state dir"
+        )

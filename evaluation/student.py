@@ -1,0 +1,181 @@
+"""Which student an evaluation starts from, and what it costs in FLOPs.
+
+Every method of one evaluation starts from the same artifact directory: one
+given with ``--artifacts``, one exported from a pre-trained checkpoint with
+``--init`` (cached, so the export happens once per checkpoint), or the
+default randomly initialised student for the classes.  The report names the
+start so a number is never read without knowing whether the student was
+pre-trained.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudentStart:
+    """The artifact directory every method starts from, and how it was made."""
+
+    artifacts: Path
+    init: Optional[Path]
+    how: str  # "--artifacts", "--init" or "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        from core.manifest import MANIFEST_NAME, load_manifest
+
+        manifest = load_manifest(self.artifacts)
+        return {
+            "artifacts": str(self.artifacts),
+            "manifest": str(self.artifacts / MANIFEST_NAME),
+            "from_init": self.init is not None,
+            "init": None if self.init is None else str(self.init),
+            "how": self.how,
+            "width": manifest.width,
+            "class_names": list(manifest.class_names),
+            "parameters": manifest.parameter_count,
+        }
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("JITNET_CACHE", Path.home() / ".cache" / "jitnet-edge")) / "artifacts"
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _student_for(init: Path, classes: Sequence[str], new_head: bool):
+    """The checkpoint's student for ``classes``; with ``new_head`` a checkpoint for other classes gets a new head.
+
+    The new 1x1 logits layer keeps the checkpoint's background row and gives
+    every new class the mean of the checkpoint's foreground rows ("anything
+    the student knew as an object"), so a COCO-pretrained student starts DAVIS
+    as a generic foreground detector instead of from a random head.
+    """
+    import torch
+
+    from export.jitnet import load_student
+
+    blob = torch.load(init, map_location="cpu", weights_only=True)
+    want = len(classes) + 1
+    saved = blob.get("classes")
+    if saved is not None:
+        saved = [c for c in saved if c != "background"]
+    if (saved is not None and saved == list(classes)) or (saved is None and blob["num_classes"] == want):
+        return load_student(init, num_classes=want), None
+    if not new_head:
+        raise ValueError(f"{init} was pre-trained for classes {saved or blob['num_classes'] - 1}, not {list(classes)}; "
+                         f"evaluate with --classes {','.join(saved) if saved else '...'} or pre-train for these classes")
+    model = load_student(init)
+    old = model.logits
+    head = torch.nn.Conv2d(old.in_channels, want, 1)
+    with torch.no_grad():
+        head.weight[0] = old.weight[0]
+        head.bias[0] = old.bias[0]
+        head.weight[1:] = old.weight[1:].mean(0, keepdim=True)
+        head.bias[1:] = old.bias[1:].mean()
+    model.logits = head
+    from export.jitnet import JITNetSpec
+
+    model.spec = JITNetSpec(model.spec.width, want)
+    return model, f"new head for {list(classes)} from the checkpoint's {saved or blob['num_classes'] - 1} classes"
+
+
+def artifacts_from_init(init: Path, classes: Sequence[str], *, cache_root: Optional[Path] = None,
+                        new_head: bool = False) -> Path:
+    """Artifacts exported from a pre-trained student checkpoint, once per (checkpoint, classes)."""
+    from core.manifest import load_manifest
+
+    init = Path(init)
+    if not init.is_file():
+        raise FileNotFoundError(f"--init {init} does not exist; pass a checkpoint written by `jitnet pretrain`")
+    target = (cache_root or _cache_root()) / f"init-{_digest(init)}-{'-'.join(classes)}{'-newhead' if new_head else ''}"
+    try:
+        if load_manifest(target).class_names[1:] == list(classes):
+            return target
+    except Exception:
+        pass
+    try:
+        from export.artifacts import generate
+    except ImportError as exc:
+        raise RuntimeError(f"--init needs PyTorch to export artifacts ({exc}); install jitnet-edge[export] "
+                           "or export once with `jitnet export --init CKPT --out DIR` and pass --artifacts DIR") from exc
+    model, note = _student_for(init, classes, new_head)
+    log.info("exporting artifacts from %s (width %g%s) to %s", init, model.spec.width,
+             f", {note}" if note else "", target)
+    generate(target, class_names=list(classes), width=model.spec.width, model=model)
+    return target
+
+
+def resolve_start(
+    classes: Sequence[str], *, artifacts: Optional[Path] = None, init: Optional[Path] = None, width: float = 0.5,
+    new_head: bool = False,
+) -> StudentStart:
+    """The student to start from; its classes must be the evaluation's classes, in order.
+
+    ``new_head`` lets a checkpoint pre-trained for other classes start with a
+    new logits layer (DAVIS: one "object" class whatever COCO groups it learnt).
+    """
+    from core.manifest import load_manifest
+
+    if artifacts is not None and init is not None:
+        raise ValueError("give --artifacts or --init, not both")
+    if artifacts is not None:
+        start = StudentStart(Path(artifacts), None, "--artifacts")
+    elif init is not None:
+        start = StudentStart(artifacts_from_init(Path(init), classes, new_head=new_head), Path(init), "--init")
+    else:
+        from sdk.session import default_artifacts
+
+        start = StudentStart(default_artifacts(list(classes), width), None, "default")
+    names = load_manifest(start.artifacts).class_names[1:]
+    if list(names) != list(classes):
+        raise ValueError(f"{start.artifacts} was exported for classes {names}, this evaluation uses {list(classes)}; "
+                         f"export matching artifacts: jitnet export --classes {','.join(classes)} --out DIR")
+    return start
+
+
+def student_gflops(width: float, num_classes: int, padded_hw: tuple[int, int]) -> Optional[dict[str, Any]]:
+    """Forward and forward+backward GFLOPs of the student at its padded input size.
+
+    Counted with FlopCounterMode on the PyTorch JITNet (bench.train); None when
+    torch is not installed (the time-based speedup still works).
+    """
+    try:
+        from export.jitnet import build_jitnet
+    except ImportError as exc:
+        log.warning("no FLOPs speedup: %s", exc)
+        return None
+    try:
+        from bench.train import count_gflops
+    except ImportError:
+        count_gflops = _count_gflops
+    h, w = padded_hw
+    infer, train = count_gflops(build_jitnet(width, num_classes, seed=0), h, w)
+    return {"infer_gflops": infer, "train_step_gflops": train, "input": f"{h}x{w}",
+            "source": "FlopCounterMode on export.jitnet.build_jitnet (train step = forward + backward)"}
+
+
+def _count_gflops(model: Any, height: int, width: int) -> tuple[float, float]:
+    """(forward, forward + backward) GFLOPs, when bench.train is not there to count them."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(1, 3, height, width) * 255.0
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    infer = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), torch.zeros(1, height, width, dtype=torch.long)).backward()
+    return infer / 1e9, counter.get_total_flops() / 1e9
