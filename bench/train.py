@@ -75,23 +75,6 @@ def parse_widths(text: str) -> list[float]:
     return widths
 
 
-def count_gflops(model: Any, height: int, width: int) -> tuple[float, float]:
-    """(forward, forward + backward) GFLOPs of one frame, as the train step runs them."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.rand(1, 3, height, width) * 255.0
-    labels = torch.zeros(1, height, width, dtype=torch.long)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    infer = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        loss = torch.nn.functional.cross_entropy(model(x), labels)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    return infer / 1e9, counter.get_total_flops() / 1e9
-
-
 def machine_info(threads: int) -> dict[str, Any]:
     import importlib.metadata as md
 
@@ -198,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from export.artifacts import generate
+    from export.flops import count_gflops
     from export.jitnet import build_jitnet, count_parameters
 
     logging.getLogger("export.artifacts").setLevel(logging.WARNING)

@@ -149,7 +149,7 @@ def resolve_start(
 def student_gflops(width: float, num_classes: int, padded_hw: tuple[int, int]) -> Optional[dict[str, Any]]:
     """Forward and forward+backward GFLOPs of the student at its padded input size.
 
-    Counted with FlopCounterMode on the PyTorch JITNet (bench.train); None when
+    Counted with FlopCounterMode on the PyTorch JITNet (export.flops); None when
     torch is not installed (the time-based speedup still works).
     """
     try:
@@ -157,25 +157,9 @@ def student_gflops(width: float, num_classes: int, padded_hw: tuple[int, int]) -
     except ImportError as exc:
         log.warning("no FLOPs speedup: %s", exc)
         return None
-    try:
-        from bench.train import count_gflops
-    except ImportError:
-        count_gflops = _count_gflops
+    from export.flops import count_gflops
+
     h, w = padded_hw
     infer, train = count_gflops(build_jitnet(width, num_classes, seed=0), h, w)
     return {"infer_gflops": infer, "train_step_gflops": train, "input": f"{h}x{w}",
             "source": "FlopCounterMode on export.jitnet.build_jitnet (train step = forward + backward)"}
-
-
-def _count_gflops(model: Any, height: int, width: int) -> tuple[float, float]:
-    """(forward, forward + backward) GFLOPs, when bench.train is not there to count them."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.rand(1, 3, height, width) * 255.0
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    infer = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        torch.nn.functional.cross_entropy(model(x), torch.zeros(1, height, width, dtype=torch.long)).backward()
-    return infer / 1e9, counter.get_total_flops() / 1e9

@@ -12,14 +12,14 @@ import pytest
 from edge_agent.state import SnapshotStore
 from edge_agent.trainer import load_trainer
 from tests.conftest import REPO_ROOT
-from tests.foundation.test_trainer_learning import _real_example
+from tests.edge_agent.test_trainer_learning import _real_example
 
 CHILD = textwrap.dedent(
     """
     import os, signal, sys, numpy as np
     sys.path.insert(0, {root!r})
     from edge_agent.trainer import load_trainer
-    from tests.foundation.test_trainer_learning import _real_example
+    from tests.edge_agent.test_trainer_learning import _real_example
     image, labels, weights = _real_example("dog", 0, scale=0.25)
     t = load_trainer({art!r}, backend={backend!r}, threads=1)
     for _ in range(3):
