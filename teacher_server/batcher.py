@@ -325,6 +325,11 @@ class DynamicBatcher:
                 batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
                 if batch:
                     self._compute(batch)
+            except Exception as exc:  # noqa: BLE001 - the only worker must outlive any one batch
+                log.exception("the teacher's batch worker hit an error; failing that batch and serving on")
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
             finally:
                 with self._cond:
                     self._busy -= 1
@@ -356,10 +361,10 @@ class DynamicBatcher:
             self.stats.batches += 1
             self.stats.busy_s += elapsed
             self._batch_seconds = elapsed if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * elapsed
-        if self._on_batch is not None:
-            self._on_batch(len(batch), elapsed)
+        # Answer first: a failing metrics hook must never leave a request unanswered.
         for job, result in zip(batch, results):
-            job.future.set_result(result)
+            _resolve(job, result)
+        self._notify_batch(len(batch), elapsed)
 
     def _compute_one(self, job: Job) -> None:
         job.batch_size = 1
@@ -377,8 +382,20 @@ class DynamicBatcher:
             self.stats.computed += 1
             self.stats.batches += 1
             self.stats.busy_s += elapsed
-        if self._on_batch is not None:
-            self._on_batch(1, elapsed)
+        _resolve(job, result)
+        self._notify_batch(1, elapsed)
+
+    def _notify_batch(self, size: int, seconds: float) -> None:
+        if self._on_batch is None:
+            return
+        try:
+            self._on_batch(size, seconds)
+        except Exception:  # noqa: BLE001 - metrics are not worth a dead worker
+            log.exception("the batcher's on_batch hook failed; serving goes on")
+
+
+def _resolve(job: Job, result: Any) -> None:
+    if not job.future.done():
         job.future.set_result(result)
 
 
