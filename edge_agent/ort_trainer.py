@@ -9,7 +9,8 @@ import numpy as np
 
 from core.manifest import ArtifactError, load_manifest
 from edge_agent.nchwc import nchwc_block_size, nchwc_graphs
-from edge_agent.student import StepResult, check_image, check_targets, latest_snapshot, save_snapshot, to_nchw
+from edge_agent.inference_graph import with_uint8_io
+from edge_agent.student import StepResult, TrainBatch, check_image, latest_snapshot, save_snapshot, to_nchw
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class OrtTrainer:
         self.threads = threads
         self.steps = 0
         self._updates = 0  # optimizer steps taken by this object: packed weights follow them
+        self._bound_hw: tuple[int, int] | None = None
         self._load(self.manifest.path(self.artifact_dir, "checkpoint"))
 
     # -- construction ---------------------------------------------------
@@ -106,87 +108,137 @@ class OrtTrainer:
         updates in place, so every step is visible to inference at no cost
         and no re-export is needed.  Where ORT has NCHWc kernels the
         convolution weights go through a packing graph first, rerun after
-        each update (see :func:`nchwc_graphs`).  On CUDA the eval graph
+        each update (see :func:`nchwc_graphs`).  Two sessions share those
+        buffers: the per-frame one with uint8 in and class ids out
+        (:mod:`edge_agent.inference_graph`), and one that returns logits,
+        built only when someone asks for logits.  On CUDA the eval graph
         (which reads the live parameters by construction) is used instead.
         """
         ort, m, d = self._ort, self.manifest, self.artifact_dir
-        self._session = None
+        self._session = self._logits_session = None
         self._pack = None
         self._packed_at = -1
+        self._labels_out: dict[tuple[int, int], tuple[np.ndarray, object]] = {}
         if self.device != "cpu":
             return
-        model_path = str(m.path(d, "inference"))
-        block = nchwc_block_size()
-        if block:
-            import onnx
+        import onnx
 
+        model = onnx.load(str(m.path(d, "inference")))
+        block = nchwc_block_size()
+        self._param_views = []
+        self._pack_outputs: list = []
+        if block:
             try:
-                nchwc, pack = nchwc_graphs(onnx.load(model_path), block)
-                self._session = ort.InferenceSession(
-                    nchwc.SerializeToString(), self._options(), providers=["CPUExecutionProvider"]
-                )
+                nchwc, pack = nchwc_graphs(model, block)
                 self._pack = ort.InferenceSession(
                     pack.SerializeToString(), self._options(), providers=["CPUExecutionProvider"]
                 )
                 self._pack_binding = self._pack.io_binding()
+                self._session, self._binding = self._bound_session(with_uint8_io(nchwc))
+                self._student_graph = nchwc
             except Exception as exc:  # a slower graph, never a failure
                 log.warning("NCHWc inference graph failed (%s); using the plain one", exc)
                 self._session = self._pack = None
+                self._pack_outputs = []
         if self._session is None:
-            self._session = ort.InferenceSession(model_path, self._options(), providers=["CPUExecutionProvider"])
-        self._binding = self._session.io_binding()
-        wanted = {i.name for i in self._session.get_inputs()}
+            self._session, self._binding = self._bound_session(with_uint8_io(model))
+            self._student_graph = model
+
+    def _bound_session(self, model):
+        """An inference session over ``model`` whose parameter inputs are the live buffers."""
+        ort = self._ort
+        session = ort.InferenceSession(model.SerializeToString(), self._options(), providers=["CPUExecutionProvider"])
+        binding = session.io_binding()
+        wanted = {i.name for i in session.get_inputs()}
         pack_wanted = {i.name for i in self._pack.get_inputs()} if self._pack else set()
-        self._param_views = []
+        first = not self._param_views
         for name, param in self.state.parameters:
             view = param.data
             self._param_views.append(view)  # keeps the buffer referenced
             value = ort.OrtValue.ortvalue_from_numpy(view)
             if name in wanted:
-                self._binding.bind_ortvalue_input(name, value)
-            if name in pack_wanted:
+                binding.bind_ortvalue_input(name, value)
+            if first and name in pack_wanted:
                 self._pack_binding.bind_ortvalue_input(name, value)
         if self._pack is not None:
-            for out in self._pack.get_outputs():
-                buffer = ort.OrtValue.ortvalue_from_shape_and_type(out.shape, np.float32)
-                self._param_views.append(buffer)
-                self._pack_binding.bind_ortvalue_output(out.name, buffer)
-                self._binding.bind_ortvalue_input(out.name, buffer)
+            if first:
+                for out in self._pack.get_outputs():
+                    buffer = ort.OrtValue.ortvalue_from_shape_and_type(out.shape, np.float32)
+                    self._pack_outputs.append((out.name, buffer))
+                    self._pack_binding.bind_ortvalue_output(out.name, buffer)
+            for name, buffer in self._pack_outputs:
+                if name in wanted:
+                    binding.bind_ortvalue_input(name, buffer)
+        return session, binding
 
-    # -- inference and training --------------------------------------
-    def predict_logits(self, image: np.ndarray) -> np.ndarray:
-        """(classes, H, W) logits with the current weights."""
-        check_image(image, self.manifest.stride)
-        x = to_nchw(image)
-        if self._session is None:
-            h, w = image.shape[:2]
-            self.module.eval()
-            try:
-                _, logits = self.module(x, np.zeros((1, h, w), np.int64), np.zeros((1, h, w), np.float32))
-            finally:
-                self.module.train()
-            return logits[0]
+    def _refresh_packed(self) -> None:
         if self._pack is not None and self._packed_at != self._updates:
             self._pack.run_with_iobinding(self._pack_binding)
             self._packed_at = self._updates
-        self._binding.bind_cpu_input("image", x)
-        self._binding.bind_output("logits", "cpu")
-        self._session.run_with_iobinding(self._binding)
-        return self._binding.copy_outputs_to_cpu()[0][0]
+
+    # -- inference and training --------------------------------------
+    @property
+    def version(self) -> int:
+        """Changes with every optimizer step: a prediction made at one version stays valid until the next."""
+        return self._updates
+
+    def predict_logits(self, image: np.ndarray) -> np.ndarray:
+        """(classes, H, W) logits with the current weights (evaluation and tests; the agent uses predict)."""
+        check_image(image, self.manifest.stride)
+        x = to_nchw(image)
+        if self._session is None:
+            return self._eval_logits(x)
+        if self._logits_session is None:
+            self._logits_session, self._logits_binding = self._bound_session(self._student_graph)
+        self._refresh_packed()
+        self._logits_binding.bind_cpu_input("image", x)
+        self._logits_binding.bind_output("logits", "cpu")
+        self._logits_session.run_with_iobinding(self._logits_binding)
+        return self._logits_binding.copy_outputs_to_cpu()[0][0]
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """(H, W) uint8 class per pixel."""
-        return self.predict_logits(image).argmax(0).astype(np.uint8)
+        """(H, W) uint8 class per pixel: uint8 HWC in, uint8 ids out, into a buffer kept per frame size.
+
+        The caller gets its own copy of that buffer (a few hundred kB at most), so
+        predictions kept across frames never change under it.
+        """
+        check_image(image, self.manifest.stride)
+        if self._session is None:
+            return self._eval_logits(to_nchw(image)).argmax(0).astype(np.uint8)
+        self._refresh_packed()
+        hw = image.shape[:2]
+        out = self._labels_out.get(hw)
+        if out is None:
+            array = np.empty((1, *hw), np.uint8)
+            out = self._labels_out[hw] = (array, self._ort.OrtValue.ortvalue_from_numpy(array))
+            self._binding.bind_ortvalue_output("labels", out[1])
+        elif self._bound_hw != hw:
+            self._binding.bind_ortvalue_output("labels", out[1])
+        self._bound_hw = hw
+        self._binding.bind_cpu_input("image_u8", np.ascontiguousarray(image)[None])
+        self._session.run_with_iobinding(self._binding)
+        return out[0][0].copy()
+
+    def _eval_logits(self, x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[2:]
+        self.module.eval()
+        try:
+            _, logits = self.module(x, np.zeros((1, h, w), np.int64), np.zeros((1, h, w), np.float32))
+        finally:
+            self.module.train()
+        return logits[0]
+
+    def prepare(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> TrainBatch:
+        """Validate and convert one lesson once; every step on it reuses the result."""
+        return TrainBatch.of(image, labels, pixel_weights, self.manifest)
 
     def train_step(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> StepResult:
         """One SGD-with-momentum step: forward, backward, update."""
-        check_image(image, self.manifest.stride)
-        check_targets(image, labels, pixel_weights, self.manifest.num_classes)
-        loss, logits = self.module(
-            to_nchw(image),
-            np.ascontiguousarray(labels[None], dtype=np.int64),
-            np.ascontiguousarray(pixel_weights[None], dtype=np.float32),
-        )
+        return self.step(self.prepare(image, labels, pixel_weights))
+
+    def step(self, batch: TrainBatch) -> StepResult:
+        """One SGD-with-momentum step on a prepared batch."""
+        loss, logits = self.module(batch.x, batch.labels, batch.weights)
         self.optimizer.step()
         self.module.lazy_reset_grad()
         self.steps += 1
@@ -209,6 +261,7 @@ class OrtTrainer:
             return False
         folder, record = found
         self._load(folder / "checkpoint")
+        self._updates += 1  # other weights: predictions cached by version are stale
         self.steps = int(record.get("steps", 0))
         log.info("restored student state from %s (step %d)", folder, self.steps)
         return True

@@ -35,7 +35,12 @@ class Trainer(Protocol):
     device: str
     steps: int
 
+    @property
+    def version(self) -> int: ...
     def predict(self, image: np.ndarray) -> np.ndarray: ...
+    def predict_logits(self, image: np.ndarray) -> np.ndarray: ...
+    def prepare(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> TrainBatch: ...
+    def step(self, batch: TrainBatch) -> StepResult: ...
     def train_step(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> StepResult: ...
     def save(self, state_dir: Path | str) -> Path: ...
     def restore(self, state_dir: Path | str) -> bool: ...
@@ -76,6 +81,25 @@ def check_targets(image: np.ndarray, labels: np.ndarray, weights: np.ndarray, nu
 
 def to_nchw(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One lesson in the trainers' own layout, validated once: up to u_max steps reuse it."""
+
+    x: np.ndarray        # float32 (1, 3, H, W)
+    labels: np.ndarray   # int64 (1, H, W)
+    weights: np.ndarray  # float32 (1, H, W)
+
+    @classmethod
+    def of(cls, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray, manifest: Manifest) -> "TrainBatch":
+        check_image(image, manifest.stride)
+        check_targets(image, labels, pixel_weights, manifest.num_classes)
+        return cls(
+            to_nchw(image),
+            np.ascontiguousarray(labels[None], dtype=np.int64),
+            np.ascontiguousarray(pixel_weights[None], dtype=np.float32),
+        )
 
 
 def save_snapshot(trainer: Trainer, state_dir: Path | str, write) -> Path:

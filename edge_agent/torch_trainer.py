@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from core.manifest import ArtifactError, load_manifest
-from edge_agent.student import StepResult, check_image, check_targets, latest_snapshot, save_snapshot, to_nchw
+from edge_agent.student import StepResult, TrainBatch, check_image, latest_snapshot, save_snapshot, to_nchw
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class TorchTrainer:
             self.model.parameters(), lr=self.manifest.learning_rate, momentum=self.manifest.momentum
         )
         self.steps = 0
+        self._version = 0
 
     def predict_logits(self, image: np.ndarray) -> np.ndarray:
         from export.jitnet import resize_upsampling
@@ -61,19 +62,30 @@ class TorchTrainer:
     def predict(self, image: np.ndarray) -> np.ndarray:
         return self.predict_logits(image).argmax(0).astype(np.uint8)
 
+    @property
+    def version(self) -> int:
+        """Changes with every optimizer step (and restore): predictions at one version stay valid until the next."""
+        return self._version
+
+    def prepare(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> TrainBatch:
+        """Validate and convert one lesson once; every step on it reuses the result."""
+        return TrainBatch.of(image, labels, pixel_weights, self.manifest)
+
     def train_step(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> StepResult:
-        check_image(image, self.manifest.stride)
-        check_targets(image, labels, pixel_weights, self.manifest.num_classes)
+        return self.step(self.prepare(image, labels, pixel_weights))
+
+    def step(self, batch: TrainBatch) -> StepResult:
         torch = self.torch
-        x = torch.from_numpy(to_nchw(image)).to(self.device)
-        y = torch.from_numpy(np.ascontiguousarray(labels[None], dtype=np.int64)).to(self.device)
-        w = torch.from_numpy(np.ascontiguousarray(pixel_weights[None], dtype=np.float32)).to(self.device)
+        x = torch.from_numpy(batch.x).to(self.device)
+        y = torch.from_numpy(batch.labels).to(self.device)
+        w = torch.from_numpy(batch.weights).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(x)
         loss = (torch.nn.functional.cross_entropy(logits, y, reduction="none") * w).mean()
         loss.backward()
         self.optimizer.step()
         self.steps += 1
+        self._version += 1
         return StepResult(float(loss.detach()), logits.detach()[0].cpu().numpy())
 
     def save(self, state_dir: Path | str) -> Path:
@@ -92,6 +104,7 @@ class TorchTrainer:
         blob = self.torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
         self.model.load_state_dict(blob["model"])
         self.optimizer.load_state_dict(blob["optimizer"])
+        self._version += 1
         self.steps = int(record.get("steps", 0))
         log.info("restored student state from %s (step %d)", folder, self.steps)
         return True

@@ -87,3 +87,20 @@ def test_learns_a_real_object_to_high_iou(artifacts, backend):
                 break
     assert iou > 0.9, f"mean IoU {iou:.3f} after {step} steps"
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_uint8_inference_graph_gives_the_argmax_of_the_logits(artifacts):
+    """predict() runs the graph with Cast/Transpose in and ArgMax out; it must agree with the logits,
+    before and after an update, and at two frame sizes (one bound output buffer per size)."""
+    trainer = load_trainer(artifacts)
+    image, labels, weights = _real_example()
+    small = np.ascontiguousarray(image[:64, :96])
+    for _ in range(2):
+        for x in (image, small):
+            pred = trainer.predict(x)
+            assert pred.dtype == np.uint8 and pred.shape == x.shape[:2]
+            assert np.array_equal(pred, trainer.predict_logits(x).argmax(0))
+        first = trainer.predict(image)
+        trainer.train_step(image, labels, weights)
+    assert trainer.version == 2
+    assert not np.shares_memory(first, trainer.predict(image))
