@@ -38,3 +38,6 @@ class TeacherLabels:
     #: Client-side wall time for the whole call, retries included.
     latency_s: float = 0.0
     attempts: int = 1
+    #: Serialized sizes on the wire: the request that was answered (frame up) and the answer (labels down).
+    bytes_up: int = 0
+    bytes_down: int = 0

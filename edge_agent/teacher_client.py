@@ -83,6 +83,30 @@ def encode_frame(frame_rgb: np.ndarray, encoding: str, jpeg_quality: int = 90) -
     return {"encoded": buf.tobytes()}
 
 
+def shrink_to_max_side(frame_rgb: np.ndarray, max_side: Optional[int]) -> np.ndarray:
+    """The frame scaled down (INTER_AREA) so its longest side is at most ``max_side``; as is when it fits."""
+    h, w = frame_rgb.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return frame_rgb
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(frame_rgb, size, interpolation=cv2.INTER_AREA)
+
+
+def upsample_labels(labels: TeacherLabels, frame_hw: tuple[int, int]) -> TeacherLabels:
+    """Labels for a shrunk frame brought back to the frame's resolution (nearest label, boxes scaled)."""
+    h, w = labels.label_map.shape
+    fh, fw = frame_hw
+    sx, sy = fw / w, fh / h
+    labels.label_map = cv2.resize(labels.label_map, (fw, fh), interpolation=cv2.INTER_NEAREST)
+    labels.instances = [
+        Instance(box=(i.box[0] * sx, i.box[1] * sy, i.box[2] * sx, i.box[3] * sy), group=i.group,
+                 group_index=i.group_index, score=i.score, class_name=i.class_name)
+        for i in labels.instances
+    ]
+    return labels
+
+
 def labels_from_response(response: teacher_pb2.LabelResponse) -> TeacherLabels:
     """Decode a LabelResponse (also usable on LabelStream answers without an error)."""
     label_map = cv2.imdecode(np.frombuffer(response.label_map_png, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -147,10 +171,17 @@ class TeacherClient:
         max_retry_delay_s: float = 2.0,
         encoding: str = "jpeg",
         jpeg_quality: int = 90,
+        max_side: Optional[int] = None,
+        connect_timeout_s: float = 3.0,
+        min_deadline_s: Optional[float] = 5.0,
         max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if max_side is not None and max_side < 32:
+            raise ValueError(f"max_side must be >= 32 pixels (or None for full size), got {max_side}")
+        if not 1 <= int(jpeg_quality) <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         if encoding not in ("jpeg", "png", "raw"):
             raise ValueError(f"unknown encoding {encoding!r}; use 'jpeg', 'png' or 'raw'")
         target, tls = _parse_url(url)
@@ -168,6 +199,22 @@ class TeacherClient:
         else:
             self._channel = grpc.insecure_channel(target, options)
         self._stub = teacher_pb2_grpc.TeacherStub(self._channel)
+        # Connectivity as gRPC reports it: a black-holed address stays CONNECTING for
+        # ~20 s per attempt, so calls wait at most connect_timeout_s for READY.
+        self._connectivity: Optional[grpc.ChannelConnectivity] = None
+        self._connectivity_changed = threading.Condition()
+        self._channel.subscribe(self._on_connectivity, try_to_connect=True)
+        self.connect_timeout_s = float(connect_timeout_s)
+        # Calls without a deadline wait max(min_deadline_s, 8x the usual latency), at most timeout_s:
+        # a link that goes silent mid-call (packets dropped, no RST) costs seconds, not timeout_s.
+        # A timeout doubles that bound, so a teacher that became slower is waited for again.
+        self.min_deadline_s = min_deadline_s
+        self._usual_latency_s: Optional[float] = None
+        #: Longest side of what is sent (None = full size); labels come back upsampled to the frame.
+        self.max_side = max_side
+        #: Bytes of requests sent and answers received over this client's life (all attempts).
+        self.bytes_up = 0
+        self.bytes_down = 0
         self.url = url
         self.camera_id = camera_id
         self.timeout_s = float(timeout_s)
@@ -195,13 +242,49 @@ class TeacherClient:
         Raises TeacherRejected (do not resend this request), TeacherTimeout or
         TeacherUnavailable (keep going without the teacher, try again later).
         """
-        request = self.request(frame_rgb, groups, frame_index=frame_index, score_threshold=score_threshold)
-        return self.send(request, deadline_s=deadline_s)
+        frame_rgb = np.asarray(frame_rgb)
+        full_hw = frame_rgb.shape[:2]
+        sent = shrink_to_max_side(frame_rgb, self.max_side)
+        request = self.request(sent, groups, frame_index=frame_index, score_threshold=score_threshold)
+        labels = self.send(request, deadline_s=deadline_s)
+        if sent.shape[:2] != full_hw and labels.label_map.shape == sent.shape[:2]:
+            labels = upsample_labels(labels, full_hw)
+        return labels
+
+    def _wait_connected(self, timeout_s: float) -> None:
+        """Let a call go once the channel is READY or refused (that fails fast and is retried).
+
+        A black-holed address (packets dropped, or a peer that never speaks HTTP/2)
+        keeps the channel CONNECTING, where a call would hang until its deadline:
+        that fails after ``timeout_s`` instead.
+        """
+        end = time.monotonic() + timeout_s
+        with self._connectivity_changed:
+            while self._connectivity in (None, grpc.ChannelConnectivity.CONNECTING):
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TeacherUnavailable(
+                        f"teacher at {self.url} is not reachable (still connecting after {timeout_s:.1f} s); "
+                        "check the address, that `jitnet teacher` runs there and the network between",
+                        grpc.StatusCode.UNAVAILABLE,
+                    )
+                self._connectivity_changed.wait(left)
+
+    def _on_connectivity(self, state: grpc.ChannelConnectivity) -> None:
+        with self._connectivity_changed:
+            self._connectivity = state
+            self._connectivity_changed.notify_all()
 
     def send(self, request: teacher_pb2.LabelRequest, *, deadline_s: Optional[float] = None) -> TeacherLabels:
         """label() for a prepared LabelRequest (see request()), e.g. one encoded once and sent again."""
         frame_index = request.frame_index
-        budget = self.timeout_s if deadline_s is None else float(deadline_s)
+        adaptive = deadline_s is None and self.min_deadline_s is not None and self._usual_latency_s is not None
+        if deadline_s is not None:
+            budget = float(deadline_s)
+        elif adaptive:
+            budget = min(self.timeout_s, max(self.min_deadline_s, 8.0 * self._usual_latency_s))
+        else:
+            budget = self.timeout_s
         start = time.monotonic()
         end = start + budget
         attempt = 0
@@ -213,12 +296,17 @@ class TeacherClient:
                     f"teacher at {self.url} did not answer frame {frame_index} within {budget:.2f} s",
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 )
+            if self._connectivity != grpc.ChannelConnectivity.READY:
+                self._wait_connected(min(self.connect_timeout_s, remaining))
             try:
+                self.bytes_up += request.ByteSize()
                 response = self._stub.Label(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as error:
                 code, details = error.code(), error.details() or ""
                 retry_after = _retry_after_s(error)
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    if adaptive:
+                        self._usual_latency_s = max(2.0 * self._usual_latency_s, budget / 4.0)
                     raise TeacherTimeout(
                         f"teacher at {self.url} did not answer frame {frame_index} within {budget:.2f} s: {details}",
                         code,
@@ -242,9 +330,14 @@ class TeacherClient:
                 log.debug("teacher %s: %s, retrying in %.3f s", self.url, code.name, wait)
                 time.sleep(wait)
                 continue
+            down = response.ByteSize()
+            self.bytes_down += down
             labels = labels_from_response(response)
             labels.latency_s = time.monotonic() - start
             labels.attempts = attempt
+            u = self._usual_latency_s
+            self._usual_latency_s = labels.latency_s if u is None else 0.8 * u + 0.2 * labels.latency_s
+            labels.bytes_up, labels.bytes_down = request.ByteSize(), down
             return labels
 
     def submit(self, frame_rgb: np.ndarray, groups: Sequence[str], **kwargs: Any) -> "Future[TeacherLabels]":
@@ -283,6 +376,7 @@ class TeacherClient:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
+        self._channel.unsubscribe(self._on_connectivity)
         self._channel.close()
 
     def __enter__(self) -> "TeacherClient":
