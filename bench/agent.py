@@ -27,27 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, required=True)
 
 
-class InProcessTeacher:
-    """The agent's Teacher interface over precomputed labels, charging their measured cost."""
-
-    def __init__(self, labels: Sequence[Any], groups: Sequence[str]):
-        self.labels, self.groups, self.calls = labels, list(groups), 0
-
-    def label(self, frame_rgb, groups, *, frame_index: int):
-        from core.labels import Instance, TeacherLabels
-
-        self.calls += 1
-        r = self.labels[frame_index]
-        return TeacherLabels(
-            frame_index=frame_index, label_map=r.label_map,
-            instances=[Instance(i.box, i.group, i.group_index, i.score, i.class_name) for i in r.instances],
-            groups=tuple(r.groups), model_name=r.model_name, model_version=r.model_version,
-        )
-
-    def submit(self, *args, **kwargs):  # replay only
-        raise NotImplementedError("the benchmark runs in replay mode")
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -56,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_agent.trainer import load_trainer
     from sdk.clips import find_clip, first_available
     from evaluation.baselines import Scorer
+    from evaluation.teacher_labels import CachedTeacher
     from sdk.session import default_artifacts
     from sdk.streams import read_frames
     from teacher_server.labeler import Labeler
@@ -86,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{rows[0]['method']}: {n} frames, {t_ms:.0f} ms/frame")
     for threshold in (float(x) for x in args.thresholds.split(",")):
         trainer = load_trainer(artifacts)
-        teacher = InProcessTeacher(labels, groups)
+        teacher = CachedTeacher(labels, groups, labeler.model_name, labeler.model_version,
+                                score_threshold=labeler.score_threshold)
         agent = DistillationAgent(trainer, teacher, DistillConfig(accuracy_threshold=threshold))
         scorer, student_ms = Scorer(groups), 0.0
         start = time.perf_counter()

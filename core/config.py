@@ -2,38 +2,48 @@
 
 Mullapudi et al., "Online Model Distillation for Efficient Video Inference"
 (ICCV 2019), Algorithm 1 and Section 4.  Every other module reads its knobs
-from here instead of growing flags of its own.
+from here instead of growing flags of its own; the command line's options for
+them are generated from this class (:func:`add_config_arguments`), so a knob
+added here is a flag of `jitnet run`, `jitnet demo` and `jitnet eval` at once.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Mapping, Optional, Sequence
+
+STRIDE_SIGNALS = ("paper", "unseen")
+
+
+def _knob(default: Any, help: str, *, aliases: Sequence[str] = (), choices: Optional[Sequence[Any]] = None) -> Any:
+    return field(default=default, metadata={"help": help, "aliases": tuple(aliases), "choices": choices})
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     """Online distillation settings (defaults are the paper's)."""
 
-    #: Mean IoU against the teacher that ends training on a teacher frame
-    #: (the paper reports 0.7, 0.8 and 0.9).
-    accuracy_threshold: float = 0.8
-    #: Smallest and largest number of frames between teacher frames.
-    min_stride: int = 8
-    max_stride: int = 64
-    #: At most this many gradient steps per teacher frame (u_max).
-    max_updates: int = 8
-    #: SGD with momentum over all layers.
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    #: Loss weight of pixels inside teacher boxes (1 elsewhere) and how much
-    #: the boxes are grown (fraction of their width/height) before weighting.
-    box_weight: float = 5.0
-    box_dilation: float = 0.15
-    #: Frames are resized by this factor before the student sees them, then
-    #: padded to a multiple of 32 (JITNet's total stride).
-    input_scale: float = 1.0
-    #: Teacher detections below this score are ignored.
-    score_threshold: float = 0.5
+    accuracy_threshold: float = _knob(
+        0.8, "mean IoU against the teacher that ends training on a teacher frame (the paper: 0.7/0.8/0.9)",
+        aliases=("--threshold",))
+    min_stride: int = _knob(8, "fewest frames between teacher frames (delta_min)")
+    max_stride: int = _knob(64, "most frames between teacher frames (delta_max)")
+    max_updates: int = _knob(8, "at most this many gradient steps per teacher frame (u_max)")
+    learning_rate: float = _knob(
+        0.01, "SGD learning rate; baked into the artifacts by `jitnet export --lr` (a mismatch is an error)",
+        aliases=("--lr",))
+    momentum: float = _knob(0.9, "SGD momentum; baked into the artifacts by `jitnet export --momentum`")
+    box_weight: float = _knob(5.0, "loss weight of pixels inside teacher boxes (1 elsewhere)")
+    box_dilation: float = _knob(0.15, "teacher boxes grow by this fraction of their size before weighting")
+    input_scale: float = _knob(
+        1.0, "frames are resized by this factor for the student, then padded to a multiple of 32",
+        aliases=("--scale",))
+    score_threshold: float = _knob(0.5, "teacher detections below this score are ignored (sent with every request)")
+    stride_signal: str = _knob(
+        "paper", "what doubles or halves the stride: 'paper' = accuracy after training on the teacher frame "
+        "(Algorithm 1), 'unseen' = accuracy on the new teacher frame before training on it", choices=STRIDE_SIGNALS)
+    stride_window: int = _knob(
+        1, "with stride_signal=unseen: mean over this many most recent teacher frames decides")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.accuracy_threshold <= 1.0:
@@ -50,6 +60,12 @@ class DistillConfig:
             raise ValueError("box_weight must be >= 1 and box_dilation >= 0")
         if self.input_scale <= 0:
             raise ValueError(f"input_scale must be > 0, got {self.input_scale}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if self.stride_signal not in STRIDE_SIGNALS:
+            raise ValueError(f"stride_signal must be one of {STRIDE_SIGNALS}, got {self.stride_signal!r}")
+        if self.stride_window < 1:
+            raise ValueError(f"stride_window must be >= 1, got {self.stride_window}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,3 +77,29 @@ class DistillConfig:
         if unknown:
             raise ValueError(f"unknown DistillConfig keys {sorted(unknown)}; known: {sorted(known)}")
         return cls(**dict(values))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per config field (``--accuracy-threshold`` ...), with its help and the paper's default.
+
+    Options left out on the command line stay unset, so :func:`config_from_args`
+    can tell "given" from "default" and a base config's values are kept.
+    """
+    group = parser.add_argument_group("online distillation (DistillConfig; defaults are the paper's)")
+    for f in fields(DistillConfig):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        kind = type(f.default) if f.default is not MISSING else str
+        names = ["--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
+        group.add_argument(*names, dest=f"config_{f.name}", type=kind, default=None, choices=meta.get("choices"),
+                           metavar=None if meta.get("choices") else kind.__name__.upper(),
+                           help=f"{meta.get('help', '')} (default {f.default})")
+
+
+def config_from_args(args: argparse.Namespace, base: Optional[DistillConfig] = None) -> DistillConfig:
+    """The config the command line asked for: ``base`` (or the defaults) with the given flags applied."""
+    base = base if base is not None else DistillConfig()
+    given = {f.name: getattr(args, f"config_{f.name}") for f in fields(DistillConfig)
+             if getattr(args, f"config_{f.name}", None) is not None}
+    return DistillConfig.from_dict({**base.to_dict(), **given})

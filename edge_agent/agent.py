@@ -19,13 +19,13 @@ from typing import Any, Optional, Protocol, Sequence
 import numpy as np
 
 from core.config import DistillConfig
-from edge_agent.stride import AdaptiveStride
 from core.geometry import Geometry, check_frame
-from core.metrics import mean_iou
 from core.labels import TeacherLabels
-from edge_agent.teacher_client import TeacherError, TeacherRejected
-from edge_agent.trainer import Trainer
+from core.metrics import mean_iou
 from core.targets import box_weights
+from edge_agent.stride import AdaptiveStride
+from edge_agent.student import TrainBatch, Trainer
+from edge_agent.teacher_client import TeacherError, TeacherRejected
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 class Teacher(Protocol):
     """What the agent needs from a teacher (edge_agent.teacher_client.TeacherClient)."""
 
-    def label(self, frame_rgb: np.ndarray, groups: Sequence[str], *, frame_index: int) -> TeacherLabels: ...
+    def label(self, frame_rgb: np.ndarray, groups: Sequence[str], *, frame_index: int,
+              score_threshold: Optional[float] = None) -> TeacherLabels: ...
     def submit(self, frame_rgb: np.ndarray, groups: Sequence[str], **kwargs: Any) -> "Future[TeacherLabels]": ...
 
 
@@ -68,17 +69,36 @@ class FrameResult:
 
 
 @dataclass
-class _Lesson:
-    """A teacher frame being learnt: the student's view of it and the targets."""
+class _Targets:
+    """A teacher answer on the student's grid, built once (off the frame thread in live mode)."""
 
-    index: int
     image: np.ndarray
     labels: np.ndarray
-    weights: np.ndarray
+    batch: TrainBatch  # validated and converted once for every step on this lesson
     valid: tuple[int, int]  # the unpadded part of the student's grid
+
+
+@dataclass
+class _Lesson:
+    """A teacher frame being learnt: its targets and how far the student got."""
+
+    index: int
+    targets: _Targets
     accuracy_before: float
     accuracy: float
     updates: int = 0
+
+
+def check_config_matches(config: DistillConfig, manifest: Any) -> None:
+    """The optimizer lives in the artifacts: a config that says otherwise must not be silently ignored."""
+    for knob in ("learning_rate", "momentum"):
+        wanted, baked = getattr(config, knob), getattr(manifest, knob)
+        if abs(wanted - baked) > 1e-9 * max(1.0, abs(baked)):
+            raise ValueError(
+                f"DistillConfig.{knob}={wanted:g} but the artifacts were exported with {knob}={baked:g}: "
+                f"re-export them with `jitnet export --{'lr' if knob == 'learning_rate' else knob} {wanted:g}` "
+                f"or set {knob}={baked:g} in the config"
+            )
 
 
 class TeacherAvailability:
@@ -126,14 +146,18 @@ class DistillationAgent:
         self.config = config
         self.live = live
         self.controller = controller or AdaptiveStride(config)
+        check_config_matches(config, trainer.manifest)
         self.class_names = list(trainer.manifest.class_names)
         self.groups = self.class_names[1:]
         self.health = TeacherAvailability()
         if teacher is None:
             self.health.state = "off"
         self._geometry: Optional[Geometry] = None
-        self._pending: Optional[tuple[int, Future, np.ndarray]] = None
+        self._pending: Optional[tuple[int, Future]] = None
         self._lesson: Optional[_Lesson] = None
+        # (key, weights version, prediction): one forward per frame and per update, never two
+        # for the same image at the same weights (replay's last accuracy check is the frame's own).
+        self._last_prediction: Optional[tuple[int, int, np.ndarray]] = None
         self.frames = 0
         self.teacher_frames = 0
         self.updates = 0
@@ -144,21 +168,22 @@ class DistillationAgent:
         t0 = time.perf_counter()
         frame = check_frame(frame)
         geo = self._geometry_for(frame)
-        image = geo.image(frame)
+        image = geo.image(frame, validated=True)
         result = FrameResult(index=index, labels=np.empty(0, np.uint8), image=frame)
         timings = {"teacher_ms": 0.0, "train_ms": 0.0, "infer_ms": 0.0}
 
         if self.teacher is not None and self.controller.is_due(index) and self.health.ready(time.monotonic()):
-            self._ask_teacher(index, frame, result, timings)
+            self._ask_teacher(index, frame, image, result, timings)
         if self.live:
+            # The frame's own prediction first: a train step never delays this frame's labels.
+            result.labels = geo.to_frame(self._predict(index, image, timings))
             self._collect_answer(result, timings)
-        if self._lesson is not None:
-            self._learn(result, timings, one_step=self.live)
-
-        ti = time.perf_counter()
-        prediction = self.trainer.predict(image)
-        timings["infer_ms"] += (time.perf_counter() - ti) * 1e3
-        result.labels = geo.to_frame(prediction)
+            if self._lesson is not None:
+                self._learn(result, timings, one_step=True)
+        else:
+            if self._lesson is not None:
+                self._learn(result, timings, one_step=False)
+            result.labels = geo.to_frame(self._predict(index, image, timings))
         result.stride = self.controller.stride
         if self.teacher is not None:
             result.teacher_state = "waiting" if self._pending and self.health.state == "ok" else self.health.state
@@ -171,33 +196,57 @@ class DistillationAgent:
         return result
 
     # -- teacher ---------------------------------------------------------------
-    def _ask_teacher(self, index: int, frame: np.ndarray, result: FrameResult, timings: dict) -> None:
+    def _ask_teacher(self, index: int, frame: np.ndarray, image: np.ndarray, result: FrameResult, timings: dict) -> None:
+        threshold = self.config.score_threshold
         if self.live:
             try:
-                future = self.teacher.submit(frame, self.groups, frame_index=index)
+                future = self.teacher.submit(frame, self.groups, frame_index=index, score_threshold=threshold)
             except Exception as exc:  # e.g. a closed client: segmentation goes on, the teacher is retried later
                 self.health.failed(exc, time.monotonic())
                 return
             self.controller.start(index)
-            self._pending = (index, future, frame)
+            self._pending = (index, self._prepared_later(future, frame, image))
             return
         start = time.perf_counter()
         try:
-            labels = self.teacher.label(frame, self.groups, frame_index=index)
+            labels = self.teacher.label(frame, self.groups, frame_index=index, score_threshold=threshold)
         except TeacherError as exc:
             self.health.failed(exc, time.monotonic())
             return
         finally:
             timings["teacher_ms"] += (time.perf_counter() - start) * 1e3
-        self._accept(index, frame, labels, result)
+        try:
+            targets = self._targets(frame, image, labels)
+        except ValueError as exc:  # a teacher that answers nonsense is a failing teacher, not a crash
+            self.health.failed(TeacherRejected(f"unusable teacher answer: {exc}"), time.monotonic())
+            return
+        self._accept(index, labels, targets, result)
+
+    def _prepared_later(self, future: "Future[TeacherLabels]", frame: np.ndarray, image: np.ndarray) -> "Future":
+        """A future of (labels, targets): the targets are built in the thread that receives the answer."""
+        prepared: Future = Future()
+
+        def on_answer(done: "Future[TeacherLabels]") -> None:
+            try:
+                labels = done.result()
+                prepared.set_result((labels, self._targets(frame, image, labels)))
+            except BaseException as exc:  # delivered to the frame thread by _collect_answer
+                prepared.set_exception(exc)
+
+        future.add_done_callback(on_answer)
+        return prepared
 
     def _collect_answer(self, result: FrameResult, timings: dict) -> None:
         if self._pending is None or not self._pending[1].done():
             return
-        index, future, frame = self._pending
+        index, future = self._pending
         self._pending = None
         try:
-            labels = future.result()
+            labels, targets = future.result()
+        except ValueError as exc:  # the answer arrived but cannot be learnt from
+            self.controller.cancel()
+            self.health.failed(TeacherRejected(f"unusable teacher answer: {exc}"), time.monotonic())
+            return
         except TeacherError as exc:
             self.controller.cancel()
             self.health.failed(exc, time.monotonic())
@@ -207,23 +256,24 @@ class DistillationAgent:
             self.health.failed(exc, time.monotonic())
             return
         timings["teacher_ms"] += labels.latency_s * 1e3
-        self._accept(index, frame, labels, result)
+        self._accept(index, labels, targets, result)
 
-    def _accept(self, index: int, frame: np.ndarray, labels: TeacherLabels, result: FrameResult) -> None:
-        self.health.ok()
+    def _targets(self, frame: np.ndarray, image: np.ndarray, labels: TeacherLabels) -> _Targets:
+        """The teacher's answer on the student's grid; ValueError when it cannot be learnt from."""
         if labels.label_map.shape != frame.shape[:2]:
-            self.controller.cancel()
-            self.health.failed(TeacherRejected(f"teacher label map {labels.label_map.shape} != frame {frame.shape[:2]}"), time.monotonic())
-            return
-        geo = self._geometry_for(frame)
-        image = geo.image(frame)
+            raise ValueError(f"teacher label map {labels.label_map.shape} != frame {frame.shape[:2]}")
+        geo = Geometry.for_frame(frame.shape[:2], self.config.input_scale)
         target = geo.labels(labels.label_map)
         weights = geo.weights(
             box_weights(frame.shape[:2], [i.box for i in labels.instances],
                         weight=self.config.box_weight, dilation=self.config.box_dilation)
         )
-        accuracy = self._accuracy(self.trainer.predict(image), target, geo.scaled_hw)
-        self._lesson = _Lesson(index, image, target, weights, geo.scaled_hw, accuracy, accuracy)
+        return _Targets(image, target, self.trainer.prepare(image, target, weights), geo.scaled_hw)
+
+    def _accept(self, index: int, labels: TeacherLabels, targets: _Targets, result: FrameResult) -> None:
+        self.health.ok()
+        accuracy = self._accuracy(self._predict(index, targets.image, None), targets.labels, targets.valid)
+        self._lesson = _Lesson(index, targets, accuracy, accuracy)
         self.teacher_frames += 1
         result.teacher_labelled = True
         result.teacher_index = index
@@ -231,22 +281,34 @@ class DistillationAgent:
 
     # -- learning --------------------------------------------------------------
     def _learn(self, result: FrameResult, timings: dict, *, one_step: bool) -> None:
-        lesson = self._lesson
+        lesson, t = self._lesson, self._lesson.targets
         start = time.perf_counter()
         while self.controller.should_update(lesson.updates, lesson.accuracy):
-            self.trainer.train_step(lesson.image, lesson.labels, lesson.weights)
+            self.trainer.step(t.batch)
             lesson.updates += 1
             result.updates += 1
             self.updates += 1
-            lesson.accuracy = self._accuracy(self.trainer.predict(lesson.image), lesson.labels, lesson.valid)
+            lesson.accuracy = self._accuracy(self._predict(lesson.index, t.image, None), t.labels, t.valid)
             if one_step:
                 break
         timings["train_ms"] += (time.perf_counter() - start) * 1e3
         if not self.controller.should_update(lesson.updates, lesson.accuracy):
-            self.controller.finish(lesson.index, lesson.accuracy, lesson.updates)
+            self.controller.finish(lesson.index, lesson.accuracy, lesson.updates, lesson.accuracy_before)
             result.teacher_index = lesson.index
             result.accuracy_after = lesson.accuracy
             self._lesson = None
+
+    def _predict(self, key: int, image: np.ndarray, timings: Optional[dict]) -> np.ndarray:
+        """The student's prediction for frame ``key``, computed once per weights version."""
+        cached = self._last_prediction
+        if cached is not None and cached[0] == key and cached[1] == self.trainer.version:
+            return cached[2]
+        start = time.perf_counter()
+        prediction = self.trainer.predict(image)
+        if timings is not None:
+            timings["infer_ms"] += (time.perf_counter() - start) * 1e3
+        self._last_prediction = (key, self.trainer.version, prediction)
+        return prediction
 
     def _accuracy(self, prediction: np.ndarray, target: np.ndarray, valid: tuple[int, int]) -> float:
         h, w = valid

@@ -145,21 +145,25 @@ class _TeacherSchedule:
             raise ValueError(f"updates_done must be >= 0, got {updates_done}")
         return updates_done < self.config.max_updates and self._check_accuracy(accuracy) < self.config.accuracy_threshold
 
-    def finish(self, t: int, accuracy: float, updates: int = 0) -> int:
+    def finish(self, t: int, accuracy: float, updates: int = 0, accuracy_before: Optional[float] = None) -> int:
         """Record the outcome of teacher frame ``t`` and return the new stride.
 
         ``accuracy`` is the student's accuracy against the teacher after the
         last update (Acc(Student(I_t), L_t) in Algorithm 1); ``updates`` the
-        number of steps taken, kept for the history only.
+        number of steps taken, kept for the history only; ``accuracy_before``
+        the accuracy on the frame before any update on it (needed by the
+        ``unseen`` stride signal).
         """
         accuracy = self._check_accuracy(accuracy)
+        if accuracy_before is not None:
+            accuracy_before = self._check_accuracy(accuracy_before)
         if self._pending is not None and t != self._pending:
             raise RuntimeError(f"teacher frame {self._pending} is pending, cannot finish frame {t}")
         if self._pending is None and t < self._next_due:
             raise RuntimeError(f"frame {t} was not due (next due {self._next_due})")
         if not 0 <= updates <= self.config.max_updates:
             raise ValueError(f"updates must be in [0, {self.config.max_updates}] (max_updates), got {updates}")
-        success = accuracy >= self.config.accuracy_threshold
+        success = self._success(accuracy, accuracy_before)
         before = self._stride
         self._stride = self._next_stride(before, success)
         self._last_teacher_frame = t
@@ -191,6 +195,10 @@ class _TeacherSchedule:
         }
 
     # -- policy --------------------------------------------------------------
+    def _success(self, accuracy: float, accuracy_before: Optional[float]) -> bool:
+        """Did the student keep up? Algorithm 1: reached the threshold on the frame it trained on."""
+        return accuracy >= self.config.accuracy_threshold
+
     def _next_stride(self, stride: int, success: bool) -> int:
         raise NotImplementedError
 
@@ -209,11 +217,34 @@ class _TeacherSchedule:
 
 
 class AdaptiveStride(_TeacherSchedule):
-    """Algorithm 1: double the stride on success, halve it on failure."""
+    """Algorithm 1: double the stride on success, halve it on failure.
+
+    What counts as success is the config's ``stride_signal``: ``paper`` is
+    Algorithm 1 exactly (the accuracy after training on the teacher frame);
+    ``unseen`` is the accuracy on each new teacher frame *before* training on
+    it, averaged over the last ``stride_window`` teacher frames. The second is
+    the honest one: a student fits the frame it has just trained on almost
+    always, whether or not it keeps up with the frames in between.
+    """
 
     def __init__(self, config: Optional[DistillConfig] = None, *, history_size: int = 4096) -> None:
         config = config if config is not None else DistillConfig()
         super().__init__(config, getattr(config, "min_stride", 1), history_size=history_size)
+        self._unseen: deque[float] = deque(maxlen=config.stride_window)
+
+    def reset(self) -> None:
+        super().reset()
+        if hasattr(self, "_unseen"):
+            self._unseen.clear()
+
+    def _success(self, accuracy: float, accuracy_before: Optional[float]) -> bool:
+        if self.config.stride_signal == "paper":
+            return accuracy >= self.config.accuracy_threshold
+        if accuracy_before is None:
+            raise ValueError("stride_signal='unseen' needs finish(..., accuracy_before=...): the accuracy on "
+                             "the teacher frame before training on it")
+        self._unseen.append(accuracy_before)
+        return sum(self._unseen) / len(self._unseen) >= self.config.accuracy_threshold
 
     def _next_stride(self, stride: int, success: bool) -> int:
         if success:

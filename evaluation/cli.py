@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from core.config import add_config_arguments, config_from_args
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--thresholds", type=_floats, default=[0.7, 0.8, 0.9], help="online accuracy thresholds")
     s.add_argument("--methods", type=_names, default=None,
                    help="subset of online,flow-slow,flow-fast,oracle,no-adaptation,fixed (default: all)")
-    s.add_argument("--max-updates", type=int, help="updates per teacher frame (default: the paper's 8)")
     s.add_argument("--oracle-every", type=int, default=5, help="offline oracle trains on every Nth frame's labels")
     s.add_argument("--oracle-epochs", type=int, default=5, help="passes over the oracle's frames")
     s.add_argument("--first-frame-updates", type=int, default=32, help="updates on frame 0 for No adaptation")
@@ -73,9 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--time-teacher", type=int, default=0, metavar="N",
                    help="when every label is cached, time the teacher on N frames in this run (default: use the "
                         "times recorded in the cache)")
-    s.add_argument("--score-threshold", type=float, help="teacher detection score threshold (default: the teacher's)")
     s.add_argument("--video", dest="video_out", type=Path, help="write a teacher | student overlay video (.mp4)")
     s.add_argument("--video-method", default=None, help="method shown in the video (default: JITNet 0.8)")
+    # The paper's other knobs, generated from the config (thresholds and scale are swept/applied above).
+    add_config_arguments(s, skip=("accuracy_threshold", "input_scale"))
     _add_start(s)
     _add_outputs(s)
 
@@ -143,9 +145,6 @@ def _video_fps(path: Path) -> Optional[float]:
 
 
 def run_stream(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from core.config import DistillConfig
     from evaluation.label_cache import LabelCache
     from evaluation.stream_eval import (METHODS, StreamEvalOptions, evaluate_stream, markdown_report,
                                             online_name, reference_threshold, write_overlay_video, write_plot)
@@ -154,7 +153,7 @@ def run_stream(args: argparse.Namespace) -> int:
     from sdk.streams import read_frames
 
     video = _resolve_video(args.video)
-    config = DistillConfig() if args.max_updates is None else replace(DistillConfig(), max_updates=args.max_updates)
+    config = config_from_args(args)
     video_method = args.video_method or online_name(reference_threshold(args.thresholds))
     options = StreamEvalOptions(
         classes=args.classes, thresholds=args.thresholds, methods=args.methods or METHODS, max_frames=args.frames,
@@ -166,7 +165,7 @@ def run_stream(args: argparse.Namespace) -> int:
     start = resolve_start(args.classes, artifacts=args.artifacts, init=args.init, width=args.width)
     cache_dir = args.cache or default_label_cache()
     frames = read_frames(str(video), max_frames=args.frames, resize=args.scale if args.scale != 1 else None)
-    teacher = TeacherSource(args.teacher, score_threshold=args.score_threshold)
+    teacher = TeacherSource(args.teacher, score_threshold=config.score_threshold)
     try:
         report, runs, labels = evaluate_stream(video, frames, teacher, start, LabelCache(cache_dir), options)
     finally:

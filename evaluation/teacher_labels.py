@@ -231,23 +231,43 @@ def boxes_from_labels(label_map: np.ndarray, min_area: int = 4) -> list[tuple[tu
 
 
 class CachedTeacher:
-    """The agent's Teacher interface over precomputed label maps; counts the calls it answers."""
+    """The agent's Teacher interface over precomputed answers; counts the calls it answers.
 
-    def __init__(self, labels: Sequence[np.ndarray], groups: Sequence[str], model_name: str = "cached", model_version: str = ""):
+    ``labels`` holds, per frame, either a label map (boxes are then derived from its
+    connected regions) or a full teacher answer with ``label_map`` and ``instances``
+    (e.g. a :class:`teacher_server.labeler.LabelResult`), whose boxes are used as given.
+    ``score_threshold`` is the one the answers were computed at: a request for another
+    is refused instead of silently answered with the wrong detections.
+    """
+
+    def __init__(self, labels: Sequence[Any], groups: Sequence[str], model_name: str = "cached",
+                 model_version: str = "", score_threshold: Optional[float] = None):
         self.labels, self.groups = labels, tuple(groups)
         self.model_name, self.model_version = model_name, model_version
+        self.score_threshold = score_threshold
         self.calls = 0
         self.asked: list[int] = []
 
-    def label(self, frame_rgb: np.ndarray, groups: Sequence[str], *, frame_index: int):
+    def label(self, frame_rgb: np.ndarray, groups: Sequence[str], *, frame_index: int,
+              score_threshold: Optional[float] = None):
         from core.labels import Instance, TeacherLabels
 
         if tuple(groups) != self.groups:
             raise ValueError(f"the labels were computed for groups {self.groups}, not {tuple(groups)}")
+        if (score_threshold is not None and self.score_threshold is not None
+                and abs(score_threshold - self.score_threshold) > 1e-9):
+            raise ValueError(f"the labels were computed at score threshold {self.score_threshold}, not "
+                             f"{score_threshold}: re-label with --score-threshold {score_threshold}")
         self.calls += 1
         self.asked.append(frame_index)
-        label_map = self.labels[frame_index]
-        instances = [Instance(box, self.groups[k - 1], k, 1.0) for box, k in boxes_from_labels(label_map)]
+        answer = self.labels[frame_index]
+        if hasattr(answer, "label_map"):
+            label_map = answer.label_map
+            instances = [Instance(tuple(i.box), i.group, i.group_index, i.score, getattr(i, "class_name", ""))
+                         for i in answer.instances]
+        else:
+            label_map = answer
+            instances = [Instance(box, self.groups[k - 1], k, 1.0) for box, k in boxes_from_labels(label_map)]
         return TeacherLabels(frame_index=frame_index, label_map=label_map, instances=instances,
                              groups=self.groups, model_name=self.model_name, model_version=self.model_version)
 

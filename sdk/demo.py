@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.config import config_from_args
 from sdk.run_cli import add_common_arguments, open_session, print_summary
 
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         clip = Path(args.clip)
     else:
         clip = find_clip(args.clip)
-    print(f"demo: {clip} | teacher {args.teacher} | classes {args.classes} | threshold {args.threshold}")
+    print(f"demo: {clip} | teacher {args.teacher} | classes {args.classes} | threshold {config_from_args(args).accuracy_threshold}")
     with open_session(args, args.teacher) as session:
         summary = run_stream(session, str(clip), out_video=args.out, log_path=args.log, live=False,
                              max_frames=args.max_frames, progress=not args.no_progress)

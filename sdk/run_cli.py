@@ -6,18 +6,15 @@ import json
 import logging
 from pathlib import Path
 
-from core.config import DistillConfig
+from core.config import add_config_arguments, config_from_args
 
 log = logging.getLogger(__name__)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", default="person", help="class groups, e.g. person,auto")
-    parser.add_argument("--threshold", type=float, default=DistillConfig.accuracy_threshold,
-                        help="mean IoU against the teacher that ends training on a teacher frame (0.7/0.8/0.9)")
     parser.add_argument("--artifacts", type=Path, help="artifact directory from `jitnet export` (default: exported on first use)")
     parser.add_argument("--width", type=float, default=0.5, help="student width when exporting on first use")
-    parser.add_argument("--scale", type=float, default=DistillConfig.input_scale, help="resize frames by this factor for the student")
     parser.add_argument("--backend", choices=("ort", "torch"), default="ort")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--state", type=Path, help="state directory: restore at start, save periodically and on exit")
@@ -26,6 +23,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int)
     parser.add_argument("--summary", type=Path, help="write the summary as JSON here too")
     parser.add_argument("--no-progress", action="store_true")
+    add_config_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +46,7 @@ def open_session(args: argparse.Namespace, teacher: str, *, strict: bool = True)
 
     return sdk.connect(
         teacher,
-        threshold=args.threshold,
-        config=DistillConfig(input_scale=args.scale),
+        config=config_from_args(args),
         classes=args.classes,
         width=args.width,
         artifacts=args.artifacts,

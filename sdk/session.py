@@ -172,7 +172,7 @@ class Session:
 def connect(
     teacher_url: Optional[str] = None,
     *,
-    threshold: float = DistillConfig.accuracy_threshold,
+    threshold: Optional[float] = None,
     config: Optional[DistillConfig] = None,
     **options: Any,
 ) -> Session:
@@ -185,8 +185,12 @@ def connect(
     state_dir, token, strict, ...).  With ``strict=True`` (default) an
     unreachable teacher raises ConnectionError here; with ``strict=False`` the
     session segments with its current student and keeps retrying.
+    ``config`` holds the paper's knobs (:class:`core.config.DistillConfig`);
+    ``threshold``, when given, overrides its accuracy threshold.
     """
-    config = replace(config or DistillConfig(), accuracy_threshold=threshold)
+    config = config or DistillConfig()
+    if threshold is not None:  # a shortcut for the one knob everyone sets; it wins only when given
+        config = replace(config, accuracy_threshold=threshold)
     unknown = set(options) - set(SessionOptions.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown options {sorted(unknown)}; see sdk.session.SessionOptions")
