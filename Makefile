@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PIP := $(VENV)/bin/python -m pip
-EXTRAS := edge,export,teacher,yolo,clips,eval,dev
+EXTRAS := edge,export,teacher,yolo,clips,eval,fleet,dev
 # torchvision pins its torch: this pair is tested here (and lies on the CI disk,
 # so the install downloads no CUDA build of several GB); override it elsewhere.
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
