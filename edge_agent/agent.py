@@ -58,6 +58,12 @@ class FrameResult:
     #: ok | waiting | unavailable | rejected | off
     teacher_state: str = "ok"
     teacher_error: Optional[str] = None
+    #: Bytes sent to / received from the teacher for the answer applied on this frame (0 = none).
+    bytes_up: int = 0
+    bytes_down: int = 0
+    #: The source as the stream saw it when this frame was read (ok | reconnecting), and its reconnects so far.
+    source_state: str = "ok"
+    reconnects: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     #: The frame itself (RGB), for drawing; not logged.
     image: Optional[np.ndarray] = field(default=None, repr=False)
@@ -110,6 +116,8 @@ class TeacherAvailability:
         self.error: Optional[str] = None
         self.failures = 0
         self.retry_at = 0.0
+        #: Failed teacher requests over the agent's life (``failures`` counts only the current run of them).
+        self.total_failures = 0
 
     def ready(self, now: float) -> bool:
         return now >= self.retry_at
@@ -119,6 +127,7 @@ class TeacherAvailability:
 
     def failed(self, exc: Exception, now: float) -> None:
         self.failures += 1
+        self.total_failures += 1
         self.state = "rejected" if isinstance(exc, TeacherRejected) else "unavailable"
         self.error = str(exc)
         delay = min(self.max_s, self.first_s * 2 ** (self.failures - 1))
@@ -161,6 +170,8 @@ class DistillationAgent:
         self.frames = 0
         self.teacher_frames = 0
         self.updates = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
 
     # -- per frame -------------------------------------------------------------
     def process(self, index: int, frame: np.ndarray) -> FrameResult:
@@ -210,7 +221,7 @@ class DistillationAgent:
         start = time.perf_counter()
         try:
             labels = self.teacher.label(frame, self.groups, frame_index=index, score_threshold=threshold)
-        except TeacherError as exc:
+        except Exception as exc:  # like live mode: a bug or a broken channel must not end segment()
             self.health.failed(exc, time.monotonic())
             return
         finally:
@@ -276,6 +287,9 @@ class DistillationAgent:
         self._lesson = _Lesson(index, targets, accuracy, accuracy)
         self.teacher_frames += 1
         result.teacher_labelled = True
+        result.bytes_up, result.bytes_down = labels.bytes_up, labels.bytes_down
+        self.bytes_up += labels.bytes_up
+        self.bytes_down += labels.bytes_down
         result.teacher_index = index
         result.accuracy_before = accuracy
 
@@ -327,4 +341,7 @@ class DistillationAgent:
             "updates": self.updates,
             "stride": self.controller.stride,
             "teacher_state": self.health.state,
+            "teacher_failures": self.health.total_failures,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
         }

@@ -53,6 +53,7 @@ class TeacherRejected(TeacherError):
 
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+_IDLE, _CONNECTING = grpc.ChannelConnectivity.IDLE.value[0], grpc.ChannelConnectivity.CONNECTING.value[0]
 
 
 def _parse_url(url: str) -> tuple[str, Optional[bool]]:
@@ -141,6 +142,25 @@ def labels_from_response(response: teacher_pb2.LabelResponse) -> TeacherLabels:
     )
 
 
+def check_answer(labels: TeacherLabels, groups: Sequence[str]) -> None:
+    """Refuse an answer the student cannot learn from: groups in another order, labels beyond them.
+
+    Raised as TeacherRejected, so the agent counts a failing teacher (and backs
+    off) instead of training on mislabelled pixels or crashing on them.
+    """
+    if [g.strip().lower() for g in labels.groups] != [g.strip().lower() for g in groups]:
+        raise TeacherRejected(
+            f"teacher answered groups {list(labels.groups)} for a request of {list(groups)}; "
+            "its class groups differ from this student's (check `--classes` on both sides)"
+        )
+    top = int(labels.label_map.max()) if labels.label_map.size else 0
+    if top > len(groups):
+        raise TeacherRejected(f"teacher label map holds value {top} but only {len(groups)} group(s) were asked for")
+    bad = [i.group_index for i in labels.instances if not 1 <= i.group_index <= len(groups)]
+    if bad:
+        raise TeacherRejected(f"teacher instances have group_index {bad}, outside 1..{len(groups)}")
+
+
 def _retry_after_s(error: grpc.RpcError) -> Optional[float]:
     for key, value in error.trailing_metadata() or ():
         if key == RETRY_AFTER_KEY:
@@ -201,9 +221,6 @@ class TeacherClient:
         self._stub = teacher_pb2_grpc.TeacherStub(self._channel)
         # Connectivity as gRPC reports it: a black-holed address stays CONNECTING for
         # ~20 s per attempt, so calls wait at most connect_timeout_s for READY.
-        self._connectivity: Optional[grpc.ChannelConnectivity] = None
-        self._connectivity_changed = threading.Condition()
-        self._channel.subscribe(self._on_connectivity, try_to_connect=True)
         self.connect_timeout_s = float(connect_timeout_s)
         # Calls without a deadline wait max(min_deadline_s, 8x the usual latency), at most timeout_s:
         # a link that goes silent mid-call (packets dropped, no RST) costs seconds, not timeout_s.
@@ -258,22 +275,23 @@ class TeacherClient:
         keeps the channel CONNECTING, where a call would hang until its deadline:
         that fails after ``timeout_s`` instead.
         """
+        # grpc's public subscribe() runs a polling thread that raises once the channel is
+        # closed; the core channel's own calls (what that thread uses) run here instead.
+        core = getattr(self._channel, "_channel", None)
+        if core is None or not hasattr(core, "check_connectivity_state"):
+            return
         end = time.monotonic() + timeout_s
-        with self._connectivity_changed:
-            while self._connectivity in (None, grpc.ChannelConnectivity.CONNECTING):
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise TeacherUnavailable(
-                        f"teacher at {self.url} is not reachable (still connecting after {timeout_s:.1f} s); "
-                        "check the address, that `jitnet teacher` runs there and the network between",
-                        grpc.StatusCode.UNAVAILABLE,
-                    )
-                self._connectivity_changed.wait(left)
-
-    def _on_connectivity(self, state: grpc.ChannelConnectivity) -> None:
-        with self._connectivity_changed:
-            self._connectivity = state
-            self._connectivity_changed.notify_all()
+        state = core.check_connectivity_state(True)  # True: an IDLE channel starts connecting
+        while state in (_IDLE, _CONNECTING):
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TeacherUnavailable(
+                    f"teacher at {self.url} is not reachable (still connecting after {timeout_s:.1f} s); "
+                    "check the address, that `jitnet teacher` runs there and the network between",
+                    grpc.StatusCode.UNAVAILABLE,
+                )
+            core.watch_connectivity_state(state, time.time() + min(left, 0.2))
+            state = core.check_connectivity_state(False)
 
     def send(self, request: teacher_pb2.LabelRequest, *, deadline_s: Optional[float] = None) -> TeacherLabels:
         """label() for a prepared LabelRequest (see request()), e.g. one encoded once and sent again."""
@@ -296,8 +314,7 @@ class TeacherClient:
                     f"teacher at {self.url} did not answer frame {frame_index} within {budget:.2f} s",
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 )
-            if self._connectivity != grpc.ChannelConnectivity.READY:
-                self._wait_connected(min(self.connect_timeout_s, remaining))
+            self._wait_connected(min(self.connect_timeout_s, remaining))
             try:
                 self.bytes_up += request.ByteSize()
                 response = self._stub.Label(request, timeout=remaining, metadata=self._metadata)
@@ -333,6 +350,7 @@ class TeacherClient:
             down = response.ByteSize()
             self.bytes_down += down
             labels = labels_from_response(response)
+            check_answer(labels, request.groups)
             labels.latency_s = time.monotonic() - start
             labels.attempts = attempt
             u = self._usual_latency_s
@@ -376,7 +394,6 @@ class TeacherClient:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
-        self._channel.unsubscribe(self._on_connectivity)
         self._channel.close()
 
     def __enter__(self) -> "TeacherClient":
