@@ -10,7 +10,7 @@ import numpy as np
 from core.manifest import ArtifactError, load_manifest
 from edge_agent.nchwc import nchwc_block_size, nchwc_graphs
 from edge_agent.inference_graph import with_uint8_io
-from edge_agent.student import StepResult, TrainBatch, check_image, latest_snapshot, save_snapshot, to_nchw
+from edge_agent.student import StepResult, TrainBatch, check_image, restore_snapshot, save_snapshot, to_nchw
 
 log = logging.getLogger(__name__)
 
@@ -256,12 +256,19 @@ class OrtTrainer:
 
     def restore(self, state_dir: Path | str) -> bool:
         """Load the newest intact snapshot; False when there is none."""
-        found = latest_snapshot(self, state_dir)
+        def load(folder: Path, record: dict) -> None:
+            before = dict(self.__dict__)
+            try:  # all or nothing: a snapshot that fails half-way leaves the trainer as it was
+                self._load(folder / "checkpoint")
+            except BaseException:
+                self.__dict__.clear()
+                self.__dict__.update(before)
+                raise
+            self._updates += 1  # other weights: predictions cached by version are stale
+            self.steps = int(record.get("steps", 0))
+
+        found = restore_snapshot(self, state_dir, load)
         if found is None:
             return False
-        folder, record = found
-        self._load(folder / "checkpoint")
-        self._updates += 1  # other weights: predictions cached by version are stale
-        self.steps = int(record.get("steps", 0))
-        log.info("restored student state from %s (step %d)", folder, self.steps)
+        log.info("restored student state from %s (step %d)", found[0], self.steps)
         return True

@@ -7,6 +7,8 @@ newest first and takes the first whose checksums verify.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -20,6 +22,71 @@ log = logging.getLogger(__name__)
 
 META = "snapshot.json"
 PREFIX = "snapshot-"
+LOCK = ".lock"
+
+
+class StateLocked(RuntimeError):
+    """Another agent writes this state directory."""
+
+
+class StateLock:
+    """One writer per state directory: an exclusive flock on ``DIR/.lock``.
+
+    flock belongs to the open file, not to a PID, so it holds across PID
+    namespaces (two containers sharing a volume) and vanishes when the holder
+    dies, however it dies.  Within one process, a second StateLock on the same
+    directory is refused too; ``SnapshotStore.save`` reuses the lock this
+    process holds.
+    """
+
+    _held: dict[str, "StateLock"] = {}
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._fd: Optional[int] = None
+
+    @classmethod
+    def held(cls, root: Path | str) -> Optional["StateLock"]:
+        return cls._held.get(str(Path(root).resolve()))
+
+    def acquire(self) -> "StateLock":
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                try:
+                    holder = (self.root / LOCK).read_text().strip() or "another process"
+                except OSError:
+                    holder = "another process"
+                raise StateLocked(
+                    f"state directory {self.root} is in use by {holder}; two agents must not share one "
+                    "(give each camera its own --state DIR)"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
+        self._fd = fd
+        StateLock._held[str(self.root.resolve())] = self
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        StateLock._held.pop(str(self.root.resolve()), None)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "StateLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def _digest(path: Path) -> str:
@@ -63,8 +130,18 @@ class SnapshotStore:
         return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
 
     def save(self, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
-        """Call ``write(tmp_dir)`` to fill a new snapshot, then publish it atomically."""
+        """Call ``write(tmp_dir)`` to fill a new snapshot, then publish it atomically.
+
+        Holds the directory's lock while it writes (the one this process already
+        holds, else a temporary one): a second writer fails with StateLocked.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
+        if StateLock.held(self.root) is not None:
+            return self._save_locked(write, meta)
+        with StateLock(self.root):
+            return self._save_locked(write, meta)
+
+    def _save_locked(self, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
         existing = self.snapshots()
         number = int(existing[0].name[len(PREFIX):]) + 1 if existing else 1
         tmp = self.root / f".tmp-{os.getpid()}-{time.monotonic_ns()}"
@@ -99,18 +176,14 @@ class SnapshotStore:
         return final
 
     def _clean_leftovers(self) -> None:
-        """Remove trash and the temporary folders of processes that died mid-save."""
+        """Remove trash and the temporary folders of writers that died mid-save.
+
+        Called with the lock held, so no other writer is alive: every leftover
+        is stale, whatever PID (or PID namespace) its name carries.
+        """
         for p in self.root.iterdir():
-            if p.name.startswith(".trash-"):
+            if p.name.startswith((".trash-", ".tmp-")):
                 shutil.rmtree(p, ignore_errors=True)
-            elif p.name.startswith(".tmp-"):
-                try:
-                    pid = int(p.name.split("-")[1])
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    shutil.rmtree(p, ignore_errors=True)
-                except (ValueError, IndexError, PermissionError):
-                    pass
 
     def verify(self, snapshot: Path) -> Optional[dict[str, Any]]:
         """The snapshot's metadata if every file is present and intact, else None."""
@@ -123,6 +196,28 @@ class SnapshotStore:
             return record
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def restore(self, load: Callable[[Path, dict[str, Any]], None],
+                fatal: tuple[type[BaseException], ...] = ()) -> Optional[tuple[Path, dict[str, Any]]]:
+        """``load(folder, record)`` the newest snapshot that verifies *and* loads; older ones are the fallback.
+
+        ``load`` must be all-or-nothing (build everything, then assign): when it
+        raises, the trainer is as it was and the next older snapshot is tried.
+        """
+        for snapshot in self.snapshots():
+            record = self.verify(snapshot)
+            if record is None:
+                log.warning("skipping corrupt or incomplete snapshot %s", snapshot)
+                continue
+            try:
+                load(snapshot, record)
+            except fatal:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an unreadable snapshot falls back to an older one
+                log.warning("could not restore %s (%s); trying an older snapshot", snapshot, exc)
+                continue
+            return snapshot, record
+        return None
 
     def latest(self) -> Optional[tuple[Path, dict[str, Any]]]:
         """The newest intact snapshot; corrupt ones are logged and skipped."""

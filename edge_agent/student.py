@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -114,6 +114,25 @@ def latest_snapshot(trainer: Trainer, state_dir: Path | str):
     if found is not None:
         _check_identity(found[1], trainer.manifest, trainer.backend, found[0])
     return found
+
+
+def restore_snapshot(trainer: Trainer, state_dir: Path | str, load) -> Optional[tuple[Path, dict]]:
+    """``load(folder, record)`` the newest snapshot of this student that loads; older ones are the fallback.
+
+    Another student's state is refused (ArtifactError), never silently skipped.
+    """
+    def checked(folder: Path, record: dict) -> None:
+        try:
+            _check_identity(record, trainer.manifest, trainer.backend, folder)
+        except ArtifactError as exc:
+            raise WrongStudent(str(exc)) from None
+        load(folder, record)
+
+    return SnapshotStore(state_dir).restore(checked, fatal=(WrongStudent,))
+
+
+class WrongStudent(ArtifactError):
+    """The state directory holds another student's state: an error, not something to fall back from."""
 
 
 def _identity(manifest: Manifest) -> dict:

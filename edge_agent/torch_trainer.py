@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from core.manifest import ArtifactError, load_manifest
-from edge_agent.student import StepResult, TrainBatch, check_image, latest_snapshot, save_snapshot, to_nchw
+from edge_agent.student import StepResult, TrainBatch, check_image, restore_snapshot, save_snapshot, to_nchw
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,23 @@ class TorchTrainer:
         return save_snapshot(self, state_dir, write)
 
     def restore(self, state_dir: Path | str) -> bool:
-        found = latest_snapshot(self, state_dir)
+        import copy
+
+        def load(folder: Path, record: dict) -> None:
+            blob = self.torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
+            model, optimizer = copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict())
+            try:  # all or nothing: weights without their momentum (or half the weights) are never kept
+                self.model.load_state_dict(blob["model"])
+                self.optimizer.load_state_dict(blob["optimizer"])
+            except BaseException:
+                self.model.load_state_dict(model)
+                self.optimizer.load_state_dict(optimizer)
+                raise
+            self._version += 1
+            self.steps = int(record.get("steps", 0))
+
+        found = restore_snapshot(self, state_dir, load)
         if found is None:
             return False
-        folder, record = found
-        blob = self.torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
-        self.model.load_state_dict(blob["model"])
-        self.optimizer.load_state_dict(blob["optimizer"])
-        self._version += 1
-        self.steps = int(record.get("steps", 0))
-        log.info("restored student state from %s (step %d)", folder, self.steps)
+        log.info("restored student state from %s (step %d)", found[0], self.steps)
         return True
