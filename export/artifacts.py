@@ -7,9 +7,11 @@ agent loads with onnxruntime-training alone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import warnings
 from pathlib import Path
@@ -409,6 +411,55 @@ def _versions() -> dict[str, str]:
     return out
 
 
+#: Tests set this to a step name to SIGKILL the export right there (a crash, deterministically).
+FAULT_ENV = "JITNET_EXPORT_KILL_AT"
+
+
+def _fault_point(step: str) -> None:
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the OS cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put directory ``new`` at ``target`` so that ``target`` is always a whole directory, old or new.
+
+    The old directory is swapped out in one atomic step and deleted only after;
+    a crash at any point leaves ``target`` complete (plus, at worst, a hidden
+    leftover beside it).  Without RENAME_EXCHANGE the old one is renamed aside
+    first, which leaves a window without ``target``, but never a mix of the two.
+    """
+    if not target.exists():
+        os.replace(new, target)
+        return
+    if _exchange(new, target):
+        _fault_point("after-replace")
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old directory
+        return
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, aside)
+    os.replace(new, target)
+    _fault_point("after-replace")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def generate(
     out_dir: Path | str,
     *,
@@ -486,9 +537,8 @@ def generate(
             format_version=FORMAT_VERSION,
         )
         manifest.save(work)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
+        _fault_point("before-replace")
+        replace_dir(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
