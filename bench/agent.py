@@ -25,9 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", type=Path, help="artifact directory (default: exported on first use)")
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--student-only", action="store_true",
+                        help="time the agent loop alone (teacher labels precomputed, threshold 0.8): frames/s")
+    parser.add_argument("--baseline-ref", help="with --student-only: also run the loop on this git commit "
+                        "(a worktree), alternating, and report the ratio")
+    parser.add_argument("--repeats", type=int, default=3, help="with --student-only: alternating runs per tree")
+    parser.add_argument("--threads", type=int, default=0, help="with --student-only: ORT threads (0 = all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.student_only:
+        return _run_student_only(args)
     import numpy as np
 
     from edge_agent.agent import DistillationAgent
@@ -87,6 +95,32 @@ def run(args: argparse.Namespace) -> int:
               f"speedup {rows[-1]['speedup']}x")
     report = {"clip": str(clip), "teacher": labeler.model_name, "classes": groups, "scale": args.scale,
               "teacher_ms_per_frame": round(t_ms, 1), "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _run_student_only(args: argparse.Namespace) -> int:
+    import os
+
+    from bench.student_loop import compare
+    from sdk.clips import find_clip, first_available
+    from sdk.session import default_artifacts
+    from sdk.streams import read_frames
+
+    clip = first_available(("vtest", "bikes")) if args.clip is None else (
+        Path(args.clip) if Path(args.clip).exists() else find_clip(args.clip))
+    groups = [c.strip() for c in args.classes.split(",") if c.strip()]
+    frames = read_frames(str(clip), max_frames=args.frames, resize=args.scale)
+    artifacts = args.artifacts or default_artifacts(groups, args.width)
+    report = compare(list(frames), groups, teacher=args.teacher, artifacts=artifacts, baseline_ref=args.baseline_ref,
+                     repeats=args.repeats, threads=args.threads or os.cpu_count() or 1)
+    report.update({"clip": str(clip), "scale": args.scale, "teacher": args.teacher, "classes": groups})
+    for row in report["rows"]:
+        print(f"{row['code']}: {row['fps_median']} frames/s (runs {row['fps_runs']}), "
+              f"{row['forwards_per_frame']} forwards/frame, mean IoU {row['mean_iou']}")
+    if "speedup_vs_baseline" in report:
+        print(f"student-only loop: {report['speedup_vs_baseline']}x the baseline's frames/s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     return 0

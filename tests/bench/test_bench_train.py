@@ -28,8 +28,6 @@ def test_bench_train_writes_one_row_per_width_and_size(tmp_path):
         assert row["width"] == 0.25 and row["params"] > 100_000
         assert all(row[k] > 0 for k in ROW_KEYS - {"width", "height", "width_px", "params"})
         assert row["gflops_train"] > 2 * row["gflops_infer"]  # backward costs about twice the forward
-        assert abs(row["infer_speedup"] - row["torch_infer_ms"] / row["ort_infer_ms"]) < 0.01 * row["infer_speedup"]
-        assert abs(row["train_speedup"] - row["torch_train_ms"] / row["ort_train_ms"]) < 0.01 * row["train_speedup"]
     machine = result["machine"]
     assert machine["threads"] == 1 and machine["cpu_count"] >= 1 and "torch" in machine
     assert "| width |" in proc.stdout  # the readable table

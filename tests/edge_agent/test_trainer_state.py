@@ -69,32 +69,59 @@ def test_restore_skips_a_corrupt_newest_snapshot(artifacts, tmp_path):
     assert np.array_equal(fresh.predict_logits(image), good_pred)
 
 
-def test_killed_mid_save_never_leaves_a_corrupt_snapshot(artifacts, tmp_path):
-    """SIGKILL a process that saves in a loop, at several moments; every time a good snapshot restores."""
+# Where the saver dies: inside the checkpoint write (half a file on disk), at the first fsync
+# (all files written, none durable, nothing published), and at the publishing rename.
+KILL_POINTS = {
+    "mid-write": "t.api.CheckpointState.save_checkpoint = die_after_half_a_file",
+    "at-fsync": "os.fsync = die",
+    "at-publish": "os.replace = die_if_publishing",
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_killed_mid_save_never_leaves_a_corrupt_snapshot(artifacts, tmp_path, point):
+    """SIGKILL the saver at a chosen step of the save (injected, so the kill always lands there):
+    the snapshot saved before it is intact and restores, nothing half-written is published."""
     code = textwrap.dedent(
         f"""
-        import sys
+        import os, signal, sys
         sys.path.insert(0, {str(REPO_ROOT)!r})
         from edge_agent.trainer import load_trainer
         t = load_trainer({str(artifacts)!r}, backend="ort")
-        t.save({str(tmp_path)!r})  # one good snapshot exists before any kill
-        print("ready", flush=True)
-        while True:
-            t.save({str(tmp_path)!r})
+        t.save({str(tmp_path)!r})  # the good snapshot that must survive
+        real_replace = os.replace
+
+        def die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def die_after_half_a_file(state, path, **kwargs):
+            with open(path, "wb") as f:
+                f.write(b"x" * 4096)
+                f.flush()
+            die()
+
+        def die_if_publishing(src, dst):
+            if os.path.basename(str(dst)).startswith("snapshot-"):
+                die()
+            real_replace(src, dst)
+
+        {KILL_POINTS[point]}
+        t.train_step(*__import__("numpy").load({str(tmp_path / "example.npz")!r}).values())
+        t.save({str(tmp_path)!r})
+        print("not killed", flush=True)
         """
     )
-    for delay in (0.05, 0.2, 0.45):  # a save takes ~0.1-1 s here: these land mid-write
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        store = SnapshotStore(tmp_path)
-        for snap in store.snapshots():
-            assert store.verify(snap) is not None, f"published snapshot {snap} is corrupt"
-    assert load_trainer(artifacts, backend="ort").restore(tmp_path)
+    image, labels, weights = _real_example()
+    np.savez(tmp_path / "example.npz", image=image, labels=labels, weights=weights)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-2000:]
+    store = SnapshotStore(tmp_path)
+    snapshots = store.snapshots()
+    assert len(snapshots) == 1, f"a killed save published {snapshots}"
+    record = store.verify(snapshots[0])
+    assert record is not None and record["steps"] == 0
+    restored = load_trainer(artifacts, backend="ort")
+    assert restored.restore(tmp_path) and restored.steps == 0
 
 
 def test_restore_refuses_a_state_from_another_student(artifacts, tmp_path_factory):

@@ -1,0 +1,76 @@
+"""One timed pass of the agent loop, for bench/student_loop.py (run as a script, in any commit's tree).
+
+Usage: python student_loop_worker.py LABELS.npz ARTIFACTS THREADS -> one JSON line.
+It imports the agent the way that commit lays it out (before and after the
+core/ layer existed), so one benchmark compares two versions of the code.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def _imports():
+    from edge_agent.agent import DistillationAgent
+    from edge_agent.trainer import load_trainer
+
+    try:  # the tree before the core/ layer (tried first: the installed package may provide core/)
+        from edge_agent.config import DistillConfig
+        from edge_agent.metrics import mean_iou
+        from edge_agent.teacher_client import Instance, TeacherLabels
+    except ImportError:
+        from core.config import DistillConfig
+        from core.labels import Instance, TeacherLabels
+        from core.metrics import mean_iou
+    return DistillationAgent, load_trainer, DistillConfig, Instance, TeacherLabels, mean_iou
+
+
+class _MemoryTeacher:
+    def __init__(self, maps, boxes, groups, Instance, TeacherLabels):
+        self.maps, self.boxes, self.groups = maps, boxes, tuple(groups)
+        self.Instance, self.TeacherLabels = Instance, TeacherLabels
+        self.calls = 0
+
+    def label(self, frame_rgb, groups, *, frame_index, **_):
+        self.calls += 1
+        instances = [self.Instance(tuple(b[:4]), self.groups[int(b[4]) - 1], int(b[4]), 1.0)
+                     for b in self.boxes[frame_index]]
+        return self.TeacherLabels(frame_index=frame_index, label_map=self.maps[frame_index], instances=instances,
+                                  groups=self.groups, model_name="memory", model_version="")
+
+
+def main() -> None:
+    labels_path, artifacts, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    DistillationAgent, load_trainer, DistillConfig, Instance, TeacherLabels, mean_iou = _imports()
+    data = np.load(labels_path)
+    frames, maps = data["frames"], data["maps"]
+    boxes, groups = json.loads(str(data["boxes"])), json.loads(str(data["groups"]))
+    trainer = load_trainer(artifacts, threads=threads)
+    forwards = [0]
+    predict = trainer.predict
+
+    def counting_predict(image):
+        forwards[0] += 1
+        return predict(image)
+
+    trainer.predict = counting_predict
+    teacher = _MemoryTeacher(maps, boxes, groups, Instance, TeacherLabels)
+    agent = DistillationAgent(trainer, teacher, DistillConfig(accuracy_threshold=0.8))
+    agent.process(0, frames[0])  # warm-up (first run at this size), not timed
+    ious = []
+    start = time.perf_counter()
+    for i in range(1, len(frames)):
+        r = agent.process(i, frames[i])
+        ious.append(mean_iou(r.labels, maps[i], len(groups) + 1))
+    wall = time.perf_counter() - start
+    n = len(frames) - 1
+    print(json.dumps({"fps": round(n / wall, 3), "frames": n, "teacher_frames": teacher.calls,
+                      "updates": agent.updates, "mean_iou": round(float(np.mean(ious)), 4),
+                      "forwards_per_frame": round(forwards[0] / len(frames), 3)}))
+
+
+if __name__ == "__main__":
+    main()
