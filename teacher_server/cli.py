@@ -5,6 +5,10 @@ import argparse
 import logging
 import signal
 import threading
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from teacher_server.server import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +33,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", default=None, help="PEM certificate chain (enables TLS, with --tls-key)")
     parser.add_argument("--tls-key", default=None, help="PEM private key")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight requests on shutdown")
+    parser.add_argument("--engine", default="grpc", choices=("grpc", "ray"),
+                        help="grpc: this process serves (default); ray: Ray Serve replicas behind its gRPC proxy (fleet extra, docs/fleet.md)")
+    fleet = parser.add_argument_group("--engine ray")
+    fleet.add_argument("--replicas", type=int, default=1, help="model replicas (fixed count)")
+    fleet.add_argument("--min-replicas", type=int, default=None, help="autoscale on ongoing requests between min and max replicas")
+    fleet.add_argument("--max-replicas", type=int, default=None, help="see --min-replicas")
+    fleet.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs Ray gives each replica (fractions share one)")
+    fleet.add_argument("--threads-per-replica", type=int, default=1, help="torch threads, and CPUs reserved, per replica")
+    fleet.add_argument("--address", default=None, help="join this Ray cluster (auto, ray://host:10001); default: start one here, stop it on exit")
+    fleet.add_argument("--http-port", type=int, default=8000, help="port of the HTTP proxy Serve starts beside the gRPC one")
+    fleet.add_argument("--app-name", default="jitnet-teacher", help="Serve application name (clients' `application` metadata)")
 
 
 def run(args: argparse.Namespace) -> int:
     from teacher_server.backends import BackendUnavailable, load_backend
-    from teacher_server.server import ServerConfig, start_server, tokens_from_file
+    from teacher_server.server import start_server
 
+    if args.engine == "ray":
+        return _run_fleet(args)
     try:
         backend = load_backend(args.backend, weights=args.weights, device=args.device)
     except BackendUnavailable as exc:
         log.error("%s", exc)
         return 2
-    config = ServerConfig(
+    try:
+        handle = start_server(backend, server_config(args))
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    stop = stop_signals()
+    while not stop.wait(1.0):
+        pass
+    handle.stop(args.grace)
+    return 0
+
+
+def server_config(args: argparse.Namespace) -> "ServerConfig":
+    """The limits and ports both engines take from the command line."""
+    from teacher_server.server import ServerConfig, tokens_from_file
+
+    return ServerConfig(
         host=args.host,
         port=args.port,
         max_batch=args.max_batch,
@@ -55,12 +88,33 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         metrics_host=args.host,
     )
+
+
+def _run_fleet(args: argparse.Namespace) -> int:
+    from teacher_server.ray_engine import FleetOptions, start_fleet
+
+    stop = stop_signals()
     try:
-        handle = start_server(backend, config)
-    except (OSError, ValueError) as exc:
+        options = FleetOptions(
+            replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+            gpus_per_replica=args.gpus_per_replica, threads_per_replica=args.threads_per_replica,
+            address=args.address, http_port=args.http_port, app_name=args.app_name, grace_s=args.grace,
+        )
+        device = None if args.device == "cpu" and args.gpus_per_replica > 0 else args.device
+        handle = start_fleet(args.backend, server_config(args), options, weights=args.weights, device=device)
+    except (OSError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2
-    stop_requested = threading.Event()
+    stop_signals(stop)  # again: ray.init installs handlers of its own
+    while not stop.wait(1.0):
+        pass
+    handle.stop(args.grace)
+    return 0
+
+
+def stop_signals(stop_requested: Optional[threading.Event] = None) -> threading.Event:
+    """An event that SIGINT and SIGTERM set (install it before a slow start-up, which then stops cleanly)."""
+    stop_requested = stop_requested or threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -68,7 +122,4 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    while not stop_requested.wait(1.0):
-        pass
-    handle.stop(args.grace)
-    return 0
+    return stop_requested

@@ -1,0 +1,330 @@
+"""`jitnet teacher --engine ray`: the teacher as a Ray Serve application behind Serve's gRPC proxy.
+
+One address, many replicas, many machines: Serve's proxy speaks our own
+`jitnet.teacher.v1` proto on the gRPC port, a thin ingress deployment runs the
+native servicer's checks and answers, and `replicas` model deployments (each
+its own process, CPU threads or a GPU share) batch frames with `@serve.batch`
+wherever the cluster has room. Agents connect exactly as to the native server.
+
+`start_fleet` takes the native server's ServerConfig (ports, batching, queue,
+tokens, limits) plus FleetOptions (replicas, GPUs, threads, cluster address)
+and returns a handle with `url` and `stop()`. Without an address it starts a
+Ray on this machine and stops it again in `stop()`. See docs/fleet.md.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+from teacher_server.batcher import BatcherStats
+from teacher_server.ray_deployments import FleetStats, IngressSettings, ModelSettings, TeacherIngress, TeacherModel
+from teacher_server.server import ServerConfig
+
+log = logging.getLogger(__name__)
+
+#: The Serve application name; clients send it as `application` metadata when several apps share a proxy.
+APP_NAME = "jitnet-teacher"
+#: What Serve's gRPC proxy serves: our contract, and the standard health service (its Check).
+SERVICER_FUNCTIONS = (
+    "protos.teacher_pb2_grpc.add_TeacherServicer_to_server",
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+)
+MODEL_DEPLOYMENT = "TeacherModel"
+INGRESS_DEPLOYMENT = "TeacherIngress"
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """How many model replicas, with what, where (the native ServerConfig says everything else)."""
+
+    #: Fixed replica count; ignored when min_replicas/max_replicas ask for autoscaling.
+    replicas: int = 1
+    min_replicas: Optional[int] = None
+    max_replicas: Optional[int] = None
+    gpus_per_replica: float = 0.0
+    #: torch threads per replica, and the CPUs Ray reserves for it.
+    threads_per_replica: int = 1
+    #: None: start a Ray on this machine (stopped on exit); "auto" or "ray://host:10001": join that cluster.
+    address: Optional[str] = None
+    #: Serve always starts its HTTP proxy beside the gRPC one; this is its port.
+    http_port: int = 8000
+    app_name: str = APP_NAME
+    #: Serve's end-to-end limit per request (its proxy does not see the client's deadline).
+    request_timeout_s: Optional[float] = None
+    ingress_replicas: int = 1
+    #: How long a stopping replica may finish what it has.
+    grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1 or self.threads_per_replica < 1 or self.ingress_replicas < 1:
+            raise ValueError("replicas, threads per replica and ingress replicas must be >= 1")
+        if self.gpus_per_replica < 0:
+            raise ValueError(f"gpus per replica must be >= 0, got {self.gpus_per_replica}")
+        low, high = self.min_replicas, self.max_replicas
+        if (low is None) != (high is None):
+            raise ValueError("autoscaling needs both --min-replicas and --max-replicas")
+        if low is not None and not 0 <= low <= high or high == 0:
+            raise ValueError(f"need 0 <= min replicas <= max replicas, max >= 1; got {low}, {high}")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas is not None
+
+    @property
+    def most_replicas(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
+
+def model_deployment_options(config: ServerConfig, fleet: FleetOptions) -> dict[str, Any]:
+    """Serve options of the model deployment: replicas, resources, and the bounded queue."""
+    threads = str(fleet.threads_per_replica)
+    options: dict[str, Any] = {
+        # One batch computing and the next one filling, per replica.
+        "max_ongoing_requests": 2 * config.max_batch,
+        # Frames waiting for a replica at each caller; beyond it RESOURCE_EXHAUSTED + retry-after.
+        "max_queued_requests": config.max_queue,
+        "graceful_shutdown_timeout_s": fleet.grace_s,
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "ray_actor_options": {
+            "num_cpus": fleet.threads_per_replica,
+            "num_gpus": fleet.gpus_per_replica,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}},
+        },
+    }
+    if fleet.autoscaling:
+        options["autoscaling_config"] = {
+            "min_replicas": fleet.min_replicas,
+            "max_replicas": fleet.max_replicas,
+            "initial_replicas": max(1, fleet.min_replicas or 0),
+            "target_ongoing_requests": config.max_batch,
+        }
+    else:
+        options["num_replicas"] = fleet.replicas
+    return options
+
+
+@dataclass
+class FleetHandle:
+    """A running fleet. `url` is what TeacherClient and sdk.connect take."""
+
+    host: str
+    port: int
+    app_name: str
+    metrics_port: Optional[int]
+    _owns_ray: bool = field(repr=False)
+    _owns_serve: bool = field(repr=False)
+    _stats: Any = field(repr=False)
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def target(self) -> str:
+        """This machine's proxy: Serve's gRPC proxy listens on every interface, whatever `host` says."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return "grpc://" + self.target
+
+    @property
+    def metrics_url(self) -> Optional[str]:
+        """Ray's metrics export port of this node (ours are there, prefixed ray_), if start_fleet chose it."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None
+
+    def replica_stats(self) -> dict[str, dict[str, float]]:
+        """Frames, batches and busy seconds per model replica since start."""
+        import ray
+
+        return ray.get(self._stats.snapshot.remote(), timeout=30)
+
+    @property
+    def stats(self) -> BatcherStats:
+        """All replicas together, in the native batcher's terms (busy_s: replica-seconds)."""
+        rows = self.replica_stats().values()
+        return BatcherStats(
+            computed=int(sum(r["computed"] for r in rows)),
+            batches=int(sum(r["batches"] for r in rows)),
+            busy_s=sum(r["busy_s"] for r in rows),
+        )
+
+    def frames_resent(self) -> int:
+        """Frames the ingress sent again because the replica computing them died."""
+        import ray
+
+        return int(ray.get(self._stats.frames_resent.remote(), timeout=30))
+
+    def model_replicas(self) -> list[str]:
+        """Names of the live model replica actors (ray.get_actor(name, namespace="serve"))."""
+        import ray
+
+        prefix = f"SERVE_REPLICA::{self.app_name}#{MODEL_DEPLOYMENT}#"
+        return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
+
+    def stop(self, grace: Optional[float] = None) -> None:
+        """Delete the application; stop Serve and Ray too if start_fleet started them."""
+        if self._stopped:
+            return
+        self._stopped = True
+        import ray
+        from ray import serve
+
+        log.info("teacher fleet %s shutting down", self.app_name)
+        try:
+            if self._owns_serve:
+                serve.shutdown()
+            else:
+                serve.delete(self.app_name)
+            ray.kill(self._stats)
+        except Exception:  # noqa: BLE001 - the cluster may already be gone; Ray's own stop follows
+            log.warning("could not delete the Serve application cleanly", exc_info=True)
+        if self._owns_ray:
+            ray.shutdown()
+        log.info("teacher fleet %s stopped", self.app_name)
+
+    def __enter__(self) -> "FleetHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve_running() -> bool:
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
+def _connect(config: ServerConfig, fleet: FleetOptions) -> tuple[bool, Optional[int]]:
+    """Join or start Ray; returns (whether we started it, the metrics export port if we chose it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False, None
+    if fleet.address:
+        if config.metrics_port is not None:
+            log.info("joining %s: metrics are on each node's own Ray metrics export port", fleet.address)
+        ray.init(address=fleet.address)
+        return False, None
+    metrics_port = None if config.metrics_port is None else (config.metrics_port or _free_port())
+    cpus = max(os.cpu_count() or 1, fleet.most_replicas * fleet.threads_per_replica)
+    extra = {} if metrics_port is None else {"_metrics_export_port": metrics_port}
+    # The proxy reads its message cap from its environment, which Ray's processes inherit
+    # from this one when they start: set it for ray.init only.
+    key, before = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", os.environ.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE")
+    os.environ[key] = str(config.max_message_bytes)
+    try:
+        ray.init(num_cpus=cpus, include_dashboard=False, **extra)
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+    return True, metrics_port
+
+
+def start_fleet(
+    backend: str = "yolov5s-seg",
+    config: Optional[ServerConfig] = None,
+    fleet: Optional[FleetOptions] = None,
+    *,
+    weights: Optional[str] = None,
+    device: Optional[str] = None,
+    **overrides: Any,
+) -> FleetHandle:
+    """Serve `backend` (a registry name; every replica loads its own) on Ray Serve.
+
+    Keyword overrides replace fields of `config`, as for start_server, e.g.
+    ``start_fleet("yolov5s-seg", fleet=FleetOptions(replicas=2), port=9000)``.
+    Returns once every replica has loaded its model and the proxy serves.
+    """
+    try:
+        from ray import serve
+        from ray.serve.config import HTTPOptions, gRPCOptions
+    except ImportError as exc:
+        raise RuntimeError(f"the Ray engine needs the fleet extra: pip install 'jitnet-edge[fleet]' ({exc})") from None
+
+    config = replace(config or ServerConfig(), **overrides)
+    fleet = fleet or FleetOptions()
+    if config.tls_cert or config.tls_key:
+        raise ValueError("Ray Serve's gRPC proxy has no TLS: terminate TLS in front of it (a load balancer), "
+                         "or use the native engine (--engine grpc) for --tls-cert/--tls-key")
+    if config.port == 0:
+        raise ValueError("the Ray engine needs a fixed gRPC port (Serve's proxy binds it on every node); pass --port")
+    device = device or ("cuda" if fleet.gpus_per_replica > 0 else "cpu")
+    owns_ray, metrics_port = _connect(config, fleet)
+    try:
+        owns_serve = not _serve_running()
+        serve.start(
+            http_options=HTTPOptions(host=config.host, port=fleet.http_port),
+            grpc_options=gRPCOptions(port=config.port, grpc_servicer_functions=list(SERVICER_FUNCTIONS),
+                                     request_timeout_s=fleet.request_timeout_s),
+        )
+        app = _application(backend, config, fleet, weights=weights, device=device)
+        start = time.monotonic()
+        # A route is what registers the app with the proxies (gRPC included); HTTP calls to it find no method.
+        serve.run(app[0], name=fleet.app_name, route_prefix=f"/{fleet.app_name}")
+    except BaseException:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+        raise
+    handle = FleetHandle(config.host, config.port, fleet.app_name, metrics_port,
+                         _owns_ray=owns_ray, _owns_serve=owns_serve, _stats=app[1])
+    scaling = (f"{fleet.min_replicas}..{fleet.max_replicas} replicas (autoscaling)" if fleet.autoscaling
+               else f"{fleet.replicas} replica(s)")
+    log.info(
+        "teacher fleet %s (%s, %s x %d thread(s)%s) listening on %s%s; ready in %.1f s; batching max %d frames / %.1f ms, "
+        "queue %d%s",
+        fleet.app_name, backend, scaling, fleet.threads_per_replica,
+        f", {fleet.gpus_per_replica:g} GPU each" if fleet.gpus_per_replica else "",
+        handle.url, f", metrics on {handle.metrics_url}" if metrics_port is not None else "",
+        time.monotonic() - start, config.max_batch, config.max_delay_ms, config.max_queue,
+        ", tokens required" if config.tokens else "",
+    )
+    return handle
+
+
+def _application(backend: str, config: ServerConfig, fleet: FleetOptions, *, weights: Optional[str], device: str) -> tuple[Any, Any]:
+    """The bound Serve application (ingress -> model replicas) and its stats actor."""
+    import ray
+    from ray import serve
+
+    stats = ray.remote(num_cpus=0)(FleetStats).options(
+        name=f"{fleet.app_name}-stats", namespace="serve", get_if_exists=True
+    ).remote()
+    model_settings = ModelSettings(
+        backend=backend, weights=weights, device=device, threads=fleet.threads_per_replica,
+        max_batch=config.max_batch, max_delay_ms=config.max_delay_ms, score_threshold=config.score_threshold,
+        warmup=config.warmup,
+    )
+    ingress_settings = IngressSettings(
+        max_batch=config.max_batch, max_queue=config.max_queue,
+        max_queue_per_camera=config.max_queue_per_camera or max(1, config.max_queue // 4),
+        max_message_bytes=config.max_message_bytes, max_pixels=config.max_pixels,
+        score_threshold=config.score_threshold, tokens=dict(config.tokens) if config.tokens else None,
+        request_timeout_s=fleet.request_timeout_s, threads=config.max_concurrent_rpcs,
+    )
+    model = serve.deployment(TeacherModel, name=MODEL_DEPLOYMENT).options(**model_deployment_options(config, fleet))
+    ingress = serve.deployment(TeacherIngress, name=INGRESS_DEPLOYMENT).options(
+        num_replicas=fleet.ingress_replicas,
+        max_ongoing_requests=config.max_concurrent_rpcs,
+        ray_actor_options={"num_cpus": 0},
+        graceful_shutdown_timeout_s=fleet.grace_s,
+        graceful_shutdown_wait_loop_s=0.5,
+    )
+    return ingress.bind(model.bind(model_settings, stats), ingress_settings, stats), stats

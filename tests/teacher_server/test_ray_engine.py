@@ -1,0 +1,293 @@
+"""The teacher fleet on Ray Serve: a real local Ray, real yolov5s-seg replicas, DAVIS frames, over gRPC.
+
+One Ray per use: the command's own (first test, started and stopped by `jitnet
+teacher --engine ray`), then one module fixture with two replicas for the rest.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.serve", reason="the fleet extra (ray[serve]) is not installed")
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from core.labels import RETRY_AFTER_KEY  # noqa: E402
+from edge_agent.teacher_client import TeacherClient, TeacherRejected  # noqa: E402
+from protos import teacher_pb2, teacher_pb2_grpc  # noqa: E402
+from teacher_server.ray_engine import FleetOptions, start_fleet  # noqa: E402
+from teacher_server.server import start_server  # noqa: E402
+from teacher_helpers import REPO_ROOT, davis_jpeg, davis_rgb, yolo_backend  # noqa: E402
+
+CAMERAS = 8
+TOKENS = {f"cam{c}": f"token-of-camera-{c}" for c in range(CAMERAS)} | {"agent": "token-of-the-agent"}
+# Each camera sends its own real frames: (sequence, group) and two frame indices.
+SCENES = [("dog", "dog"), ("car-shadow", "auto"), ("breakdance", "person"), ("horsejump-high", "person")]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _until(condition, timeout: float, what: str, every: float = 0.1):
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
+
+
+def _descendants(pid: int) -> set[int]:
+    """All processes below pid, from /proc (Ray's head processes and every worker are in there)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode("utf-8", "replace") and _alive(int(entry.name)):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _request(camera: str, index: int, jpeg: bytes, group: str) -> teacher_pb2.LabelRequest:
+    return teacher_pb2.LabelRequest(camera_id=camera, frame_index=index, encoded=jpeg, groups=[group])
+
+
+# -- the command ------------------------------------------------------------------------------------
+def test_jitnet_teacher_engine_ray_serves_with_tokens_health_and_metrics_and_leaves_no_ray_processes(tmp_path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("cli-cam token-of-the-cli-camera\n")
+    port, metrics_port = _free_port(), _free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live below it
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    cmd = [sys.executable, "-m", "cli.main", "teacher", "--engine", "ray", "--replicas", "1", "--port", str(port),
+           "--http-port", str(_free_port()), "--metrics-port", str(metrics_port), "--tokens", str(tokens), "--max-batch", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if re.search(r"teacher fleet .* listening on grpc://", line):
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    ray_processes: set[int] = set()
+    try:
+        assert ready.wait(180), "".join(lines[-40:])
+        frame = np.ascontiguousarray(davis_rgb("breakdance", 0)[::2, ::2])
+        url = f"grpc://127.0.0.1:{port}"
+        with TeacherClient(url, camera_id="cli-cam", token="token-of-the-cli-camera", timeout_s=60) as client:
+            labels = client.label(frame, ["person"], frame_index=7)
+            assert labels.frame_index == 7 and labels.label_map.shape == frame.shape[:2] and (labels.label_map == 1).any()
+            assert client.info().model_name == "yolov5s-seg"
+        with TeacherClient(url, camera_id="cli-cam", token="not-the-token-of-it", timeout_s=30) as stranger:
+            with pytest.raises(TeacherRejected) as refused:
+                stranger.label(frame, ["person"], frame_index=8)
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="jitnet.teacher.v1.Teacher"), timeout=30)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+        def exported() -> str:  # Ray's metrics agent exports ours beside its own, every few seconds
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+            ok = re.search(r'^ray_jitnet_teacher_requests_total\{[^}]*code="OK"[^}]*\} ([0-9.]+)', text, re.M)
+            refused = re.search(r'^ray_jitnet_teacher_requests_total\{[^}]*code="UNAUTHENTICATED"[^}]*\} ([0-9.]+)', text, re.M)
+            return text if ok and refused and float(ok.group(1)) >= 1 and "ray_serve_" in text else ""
+
+        _until(exported, 90, "our request counters and Serve's metrics on the metrics port", every=1.0)
+        ray_processes = _descendants(proc.pid)
+        assert len(ray_processes) >= 5  # GCS, raylet, controller, proxy, replicas ...
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0, "".join(lines[-40:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(10)
+    try:
+        _until(lambda: not [p for p in ray_processes if _alive(p)], 30, "Ray processes of the command ending")
+        assert _processes_mentioning(ray_tmp) == []
+        assert any("teacher fleet jitnet-teacher stopped" in line for line in lines)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# -- a fleet of two replicas ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fleet():
+    handle = start_fleet(
+        "yolov5s-seg",
+        fleet=FleetOptions(replicas=2, threads_per_replica=1, http_port=_free_port()),
+        port=_free_port(), max_batch=4, max_delay_ms=20, max_queue_per_camera=2, tokens=TOKENS,
+        max_message_bytes=1024 * 1024,
+    )
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def _camera_requests(c: int) -> list[teacher_pb2.LabelRequest]:
+    seq, group = SCENES[c % len(SCENES)]
+    return [_request(f"cam{c}", 100 * c + k, davis_jpeg(seq, 10 * (c // len(SCENES)) + 20 * k), group) for k in range(2)]
+
+
+def test_two_replicas_answer_eight_cameras_with_their_frames_and_the_native_label_maps(fleet) -> None:
+    def camera(url: str, c: int, token: bool):
+        with TeacherClient(url, camera_id=f"cam{c}", token=TOKENS[f"cam{c}"] if token else None, timeout_s=120) as client:
+            return [client.send(r) for r in _camera_requests(c)]
+
+    with ThreadPoolExecutor(CAMERAS) as pool:
+        fleet_answers = list(pool.map(lambda c: camera(fleet.url, c, True), range(CAMERAS)))
+    with start_server(yolo_backend(), port=0, max_batch=1, warmup=False) as native, ThreadPoolExecutor(4) as pool:
+        native_answers = list(pool.map(lambda c: camera(native.url, c, False), range(CAMERAS)))
+    for c in range(CAMERAS):
+        for k, (ours, theirs) in enumerate(zip(fleet_answers[c], native_answers[c])):
+            assert ours.frame_index == theirs.frame_index == 100 * c + k
+            assert ours.groups == theirs.groups == (SCENES[c % len(SCENES)][1],)
+            assert ours.model_name == theirs.model_name and ours.model_version == theirs.model_version
+            assert ours.label_map.shape == theirs.label_map.shape == (480, 854)
+            # Batched with other cameras' frames: float noise may move a boundary pixel, no more.
+            assert (ours.label_map == theirs.label_map).mean() > 0.999, (c, k)
+            assert (ours.label_map > 0).sum() == pytest.approx((theirs.label_map > 0).sum(), rel=0.01, abs=50)
+            assert [i.class_name for i in ours.instances] == [i.class_name for i in theirs.instances]
+    assert max(a.timings["batch_size"] for answers in fleet_answers for a in answers) > 1
+    per_replica = fleet.replica_stats()
+    assert len(per_replica) == 2 and all(row["computed"] >= 1 for row in per_replica.values()), per_replica
+
+
+def test_a_token_of_another_camera_or_none_is_refused(fleet) -> None:
+    frame = _camera_requests(0)[0]
+    for token in ("token-of-camera-1", None):
+        with TeacherClient(fleet.url, camera_id="cam0", token=token, timeout_s=30) as client:
+            with pytest.raises(TeacherRejected) as refused:
+                client.send(frame)
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_label_stream_answers_every_frame_in_order_with_a_bad_frame_as_an_error(fleet) -> None:
+    good = _camera_requests(1)
+    bad = teacher_pb2.LabelRequest(camera_id="cam1", frame_index=7, encoded=b"not a jpeg", groups=["auto"])
+    with TeacherClient(fleet.url, camera_id="cam1", token=TOKENS["cam1"]) as client:
+        answers = list(client.stream([good[0], bad, good[1]], timeout_s=120))
+    assert [a.frame_index for a in answers] == [good[0].frame_index, 7, good[1].frame_index]
+    assert answers[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and not answers[1].label_map_png
+    assert all(not a.HasField("error") and a.label_map_png for a in (answers[0], answers[2]))
+
+
+def test_a_camera_over_its_share_gets_resource_exhausted_with_retry_after_and_a_large_frame_is_refused(fleet) -> None:
+    request = _camera_requests(2)[0]
+    metadata = (("authorization", f"Bearer {TOKENS['cam2']}"),)
+    with grpc.insecure_channel(fleet.target) as channel:
+        stub = teacher_pb2_grpc.TeacherStub(channel)
+        calls = [stub.Label.future(request, timeout=120, metadata=metadata) for _ in range(5)]
+        outcomes = []
+        for call in calls:
+            try:
+                outcomes.append(call.result().frame_index)
+            except grpc.RpcError as error:
+                outcomes.append((error.code(), dict(error.trailing_metadata() or ()).get(RETRY_AFTER_KEY)))
+        rgb = davis_rgb("dog", 0)  # 1.2 MB raw: over the fleet's 1 MiB limit
+        big = teacher_pb2.LabelRequest(camera_id="cam2", frame_index=9, groups=["dog"],
+                                       raw=teacher_pb2.RawImage(data=rgb.tobytes(), height=480, width=854, channels=3))
+        with pytest.raises(grpc.RpcError) as too_large:
+            stub.Label(big, timeout=60, metadata=metadata)
+    answered = [o for o in outcomes if o == request.frame_index]
+    refused = [o for o in outcomes if o != request.frame_index]
+    assert 1 <= len(answered) <= 2 and refused  # the camera's share is 2 frames in flight
+    assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and int(ms) >= 1 for code, ms in refused)
+    assert too_large.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_replica_killed_mid_load_loses_no_camera_request_and_the_agent_keeps_segmenting(fleet, artifacts) -> None:
+    import ray
+
+    import sdk
+
+    victim = fleet.model_replicas()[0]
+    resent_before = fleet.frames_resent()
+    computed_before = fleet.stats.computed
+    rounds = 3
+    results: dict[int, list] = {}
+    failures: list[BaseException] = []
+
+    def camera(c: int) -> None:
+        try:
+            with TeacherClient(fleet.url, camera_id=f"cam{c}", token=TOKENS[f"cam{c}"], timeout_s=180, max_attempts=20) as client:
+                requests = _camera_requests(c)
+                results[c] = [client.send(requests[r % 2], deadline_s=180).frame_index for r in range(rounds)]
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    cameras = [threading.Thread(target=camera, args=(c,)) for c in range(CAMERAS)]
+    for t in cameras:
+        t.start()
+    # Kill once the load is on: a few frames answered, more in flight on both replicas.
+    _until(lambda: fleet.stats.computed >= computed_before + 4, 120, "the first answers under load")
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    frames = [np.ascontiguousarray(davis_rgb("breakdance", i)[::2, ::2]) for i in range(0, 40, 2)]
+    with sdk.connect(fleet.url, artifacts=artifacts, classes=["person"], token=TOKENS["agent"], camera_id="agent",
+                     teacher_timeout_s=180) as session:
+        segmented = list(session.segment(iter(frames), live=False))
+    for t in cameras:
+        t.join(300)
+    assert not failures, failures
+    for c in range(CAMERAS):
+        assert results[c] == [100 * c + r % 2 for r in range(rounds)]
+    assert len(segmented) == len(frames) and all(r.labels.shape == frames[0].shape[:2] for r in segmented)
+    assert sum(r.teacher_labelled for r in segmented) >= 1
+    assert fleet.frames_resent() > resent_before  # frames were in flight on the killed replica, and came back
+    replaced = _until(lambda: (lambda names: names if len(names) == 2 and victim not in names else None)(fleet.model_replicas()),
+                      120, "Serve replacing the killed replica")
+    assert victim not in replaced
