@@ -52,6 +52,9 @@ class TeacherRejected(TeacherError):
     """The teacher refused this request (bad frame, unknown group, wrong token): retrying will not help."""
 
 
+#: The Ray engine's Serve application name (teacher_server.ray_engine.APP_NAME).
+DEFAULT_APPLICATION = "jitnet-teacher"
+
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 _IDLE, _CONNECTING = grpc.ChannelConnectivity.IDLE.value[0], grpc.ChannelConnectivity.CONNECTING.value[0]
 
@@ -195,6 +198,7 @@ class TeacherClient:
         connect_timeout_s: float = 3.0,
         min_deadline_s: Optional[float] = 5.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        application: Optional[str] = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
@@ -241,6 +245,10 @@ class TeacherClient:
         self.encoding = encoding
         self.jpeg_quality = int(jpeg_quality)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        #: Ray Serve application name (`application` metadata); None: sent only once a proxy asks for it.
+        self.application = application
+        if application:
+            self._metadata += (("application", application),)
         self._executor: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
 
@@ -321,6 +329,8 @@ class TeacherClient:
             except grpc.RpcError as error:
                 code, details = error.code(), error.details() or ""
                 retry_after = _retry_after_s(error)
+                if self._use_default_application(code, details):
+                    continue
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     if adaptive:
                         self._usual_latency_s = max(2.0 * self._usual_latency_s, budget / 4.0)
@@ -368,11 +378,26 @@ class TeacherClient:
     def info(self, *, deadline_s: Optional[float] = None) -> teacher_pb2.InfoResponse:
         """The server's model, version, class groups and limits."""
         try:
+            try:
+                return self._stub.GetInfo(teacher_pb2.InfoRequest(), timeout=deadline_s or self.timeout_s, metadata=self._metadata)
+            except grpc.RpcError as error:
+                if not self._use_default_application(error.code(), error.details() or ""):
+                    raise
             return self._stub.GetInfo(teacher_pb2.InfoRequest(), timeout=deadline_s or self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             code = error.code()
             cls = TeacherUnavailable if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else TeacherRejected
             raise cls(f"teacher at {self.url}: {code.name}: {error.details()}", code, error.details() or "") from None
+
+    def _use_default_application(self, code: grpc.StatusCode, details: str) -> bool:
+        """A Ray Serve proxy with several applications answers NOT_FOUND without `application`
+        metadata: from then on send the default application name (True: resend the call)."""
+        if code != grpc.StatusCode.NOT_FOUND or self.application is not None or "application" not in details.lower():
+            return False
+        self.application = DEFAULT_APPLICATION
+        self._metadata += (("application", DEFAULT_APPLICATION),)
+        log.info("teacher at %s serves several applications; asking for %r", self.url, DEFAULT_APPLICATION)
+        return True
 
     def stream(self, requests: Iterable[teacher_pb2.LabelRequest], *, timeout_s: Optional[float] = None) -> Iterable[teacher_pb2.LabelResponse]:
         """Raw LabelStream for callers that pipeline many frames on one connection."""
