@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=12, help="distinct DAVIS frames to cycle through")
     parser.add_argument("--davis-root", default=None, help="DAVIS 2016 folder (default ../shared/data/davis2016 or $JITNET_DAVIS_ROOT)")
     parser.add_argument("--json", dest="json_path", default=None, help="write the results here")
+    # The fleet comparison (bench/teacher_fleet.py): engines and replicas instead of batching off/on.
+    parser.add_argument("--engine", default="grpc", help="grpc (native), ray (the fleet, needs the fleet extra), or both: ray,grpc")
+    parser.add_argument("--replicas", default="1", help="comma-separated Ray replica counts (the native server is one)")
+    parser.add_argument("--threads-per-replica", type=int, default=None, help="torch threads per model, both engines (fleet comparison)")
+    parser.add_argument("--probe", type=int, default=10, help="fleet comparison: sequential frames that measure per-request overhead")
 
 
 def _davis_root(arg: Optional[str]) -> Path:
@@ -179,6 +184,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.engine != "grpc" or args.replicas != "1" or args.threads_per_replica is not None:
+        from bench.teacher_fleet import run as run_fleet
+
+        return run_fleet(args)
     # libgomp's default busy-wait makes torch's OpenMP threads spin between ops;
     # on a shared CPU that costs several times the compute (see bench train).
     # Must be set before torch is imported; an explicit setting wins.

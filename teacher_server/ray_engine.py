@@ -13,12 +13,13 @@ Ray on this machine and stops it again in `stop()`. See docs/fleet.md.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from teacher_server.batcher import BatcherStats
 from teacher_server.ray_deployments import FleetStats, IngressSettings, ModelSettings, TeacherIngress, TeacherModel
@@ -191,7 +192,8 @@ class FleetHandle:
         self.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port free on this machine now (Serve's proxy needs a fixed one)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -219,21 +221,38 @@ def _connect(config: ServerConfig, fleet: FleetOptions) -> tuple[bool, Optional[
             log.info("joining %s: metrics are on each node's own Ray metrics export port", fleet.address)
         ray.init(address=fleet.address)
         return False, None
-    metrics_port = None if config.metrics_port is None else (config.metrics_port or _free_port())
-    cpus = max(os.cpu_count() or 1, fleet.most_replicas * fleet.threads_per_replica)
+    metrics_port = None if config.metrics_port is None else (config.metrics_port or free_port())
+    _init_local(fleet.most_replicas * fleet.threads_per_replica, config.max_message_bytes, metrics_port)
+    return True, metrics_port
+
+
+def _init_local(cpus: int, max_message_bytes: int, metrics_port: Optional[int] = None) -> None:
+    import ray
+
     extra = {} if metrics_port is None else {"_metrics_export_port": metrics_port}
     # The proxy reads its message cap from its environment, which Ray's processes inherit
     # from this one when they start: set it for ray.init only.
     key, before = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", os.environ.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE")
-    os.environ[key] = str(config.max_message_bytes)
+    os.environ[key] = str(max_message_bytes)
     try:
-        ray.init(num_cpus=cpus, include_dashboard=False, **extra)
+        ray.init(num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False, **extra)
     finally:
         if before is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = before
-    return True, metrics_port
+
+
+@contextlib.contextmanager
+def local_ray(cpus: int = 1, max_message_bytes: int = ServerConfig.max_message_bytes) -> Iterator[None]:
+    """One Ray on this machine for several start_fleet calls in a row (each deploys into it), stopped after."""
+    import ray
+
+    _init_local(cpus, max_message_bytes)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def start_fleet(

@@ -291,3 +291,32 @@ def test_a_replica_killed_mid_load_loses_no_camera_request_and_the_agent_keeps_s
     replaced = _until(lambda: (lambda names: names if len(names) == 2 and victim not in names else None)(fleet.model_replicas()),
                       120, "Serve replacing the killed replica")
     assert victim not in replaced
+
+
+def test_with_a_second_application_on_the_proxy_the_client_sends_the_default_application_name(fleet) -> None:
+    from ray import serve
+
+    class _OtherApplication:  # defined here, so Ray ships it by value (tests are no package its workers import)
+        """Another team's Serve application on the same proxy (it answers nothing of ours)."""
+
+        async def GetInfo(self, request, grpc_context=None):
+            grpc_context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+            return teacher_pb2.InfoResponse()
+
+    serve.run(serve.deployment(_OtherApplication, name="Other").options(ray_actor_options={"num_cpus": 0}).bind(),
+              name="someone-else", route_prefix="/someone-else")
+    try:
+        request = _camera_requests(3)[0]
+        with grpc.insecure_channel(fleet.target) as channel:  # a bare call: the proxy cannot tell which app
+            with pytest.raises(grpc.RpcError) as unrouted:
+                teacher_pb2_grpc.TeacherStub(channel).GetInfo(teacher_pb2.InfoRequest(), timeout=30)
+        assert unrouted.value.code() == grpc.StatusCode.NOT_FOUND
+        with TeacherClient(fleet.url, camera_id="cam3", token=TOKENS["cam3"], timeout_s=120) as client:
+            assert client.info().model_name == "yolov5s-seg" and client.application == "jitnet-teacher"
+            assert client.send(request).frame_index == request.frame_index
+        with TeacherClient(fleet.url, camera_id="cam3", token=TOKENS["cam3"], application="someone-else") as asked:
+            with pytest.raises(TeacherRejected) as elsewhere:
+                asked.info()
+        assert elsewhere.value.code == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        serve.delete("someone-else")
