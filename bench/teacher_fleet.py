@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.teacher import _davis_root, load_frames, measure, summarize
+from bench.train import _cpu_model
 
 
 def _configs(engines: list[str], replicas: list[int]) -> list[tuple[str, int]]:
@@ -128,13 +129,3 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json_path).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json_path}")
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
