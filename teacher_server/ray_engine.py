@@ -323,8 +323,9 @@ def _application(backend: str, config: ServerConfig, fleet: FleetOptions, *, wei
     import ray
     from ray import serve
 
+    # Detached: an application deployed from a config file outlives the task that built it.
     stats = ray.remote(num_cpus=0)(FleetStats).options(
-        name=f"{fleet.app_name}-stats", namespace="serve", get_if_exists=True
+        name=f"{fleet.app_name}-stats", namespace="serve", get_if_exists=True, lifetime="detached"
     ).remote()
     model_settings = ModelSettings(
         backend=backend, weights=weights, device=device, threads=fleet.threads_per_replica,
@@ -347,3 +348,37 @@ def _application(backend: str, config: ServerConfig, fleet: FleetOptions, *, wei
         graceful_shutdown_wait_loop_s=0.5,
     )
     return ingress.bind(model.bind(model_settings, stats), ingress_settings, stats), stats
+
+
+def fleet_from_args(args: dict[str, Any]) -> tuple[str, ServerConfig, FleetOptions, dict[str, Any]]:
+    """A Serve config file's `args` -> (backend, ServerConfig, FleetOptions, backend options).
+
+    Keys are the fields of ServerConfig and FleetOptions, plus backend, weights,
+    device and tokens_file (read with the CLI's --tokens rules); unknown keys are an error.
+    """
+    from dataclasses import fields
+
+    from teacher_server.server import tokens_from_file
+
+    args = dict(args)
+    backend = args.pop("backend", "yolov5s-seg")
+    model = {k: args.pop(k) for k in ("weights", "device") if k in args}
+    if "tokens_file" in args:
+        args["tokens"] = tokens_from_file(args.pop("tokens_file"))
+    server_keys = {f.name for f in fields(ServerConfig)} - {"tls_cert", "tls_key"}
+    fleet_keys = {f.name for f in fields(FleetOptions)} - {"address"}
+    unknown = set(args) - server_keys - fleet_keys
+    if unknown:
+        raise ValueError(f"unknown teacher fleet args {sorted(unknown)}; use fields of ServerConfig or FleetOptions")
+    config = ServerConfig(**{k: v for k, v in args.items() if k in server_keys})
+    fleet = FleetOptions(**{k: v for k, v in args.items() if k in fleet_keys})
+    return backend, config, fleet, model
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Serve's application builder (`import_path: teacher_server.ray_engine:build_app` in a Serve
+    config file or a KubeRay RayService): the application start_fleet deploys. The config file's
+    grpc_options must list SERVICER_FUNCTIONS; see docs/fleet.md."""
+    backend, config, fleet, model = fleet_from_args(args)
+    device = model.get("device") or ("cuda" if fleet.gpus_per_replica > 0 else "cpu")
+    return _application(backend, config, fleet, weights=model.get("weights"), device=device)[0]

@@ -320,3 +320,22 @@ def test_with_a_second_application_on_the_proxy_the_client_sends_the_default_app
         assert elsewhere.value.code == grpc.StatusCode.UNIMPLEMENTED
     finally:
         serve.delete("someone-else")
+
+
+def test_a_serve_config_files_args_become_the_same_configuration_as_the_command_line(tmp_path) -> None:
+    from teacher_server.ray_engine import fleet_from_args, model_deployment_options
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("cam0 token-of-camera-0\n")
+    backend, config, options, model = fleet_from_args(
+        {"backend": "yolov7-seg", "device": "cuda", "port": 9000, "max_batch": 4, "max_queue": 32, "tokens_file": str(tokens),
+         "min_replicas": 1, "max_replicas": 4, "gpus_per_replica": 0.5, "threads_per_replica": 2})
+    assert (backend, model, config.port, config.tokens) == ("yolov7-seg", {"device": "cuda"}, 9000, {"cam0": "token-of-camera-0"})
+    deployment = model_deployment_options(config, options)
+    assert deployment["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 4}
+    assert "num_replicas" not in deployment and deployment["max_queued_requests"] == 32 and deployment["max_ongoing_requests"] == 8
+    assert deployment["ray_actor_options"]["num_gpus"] == 0.5 and deployment["ray_actor_options"]["num_cpus"] == 2
+    with pytest.raises(ValueError, match="unknown teacher fleet args"):
+        fleet_from_args({"replica": 2})
+    with pytest.raises(ValueError, match="min-replicas"):
+        FleetOptions(min_replicas=2)
