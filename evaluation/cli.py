@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="A: adapt on the first GT frame only; C: first frame + GT every 16 frames")
     d.add_argument("--sequences", type=_names, help="comma-separated sequence names (default: all)")
     d.add_argument("--threshold", type=float, default=0.95, help="train each annotated frame to this IoU")
-    d.add_argument("--max-updates", type=int, default=100, help="update budget per annotated frame (paper: 500)")
+    d.add_argument("--max-updates", type=int, default=500, help="update budget per annotated frame (the paper's 500)")
     d.add_argument("--scale", type=float, default=0.5, help="frame scale for the student (paper: 1.0)")
     d.add_argument("--no-augment", action="store_true", help="train on the annotated frames as they are")
     d.add_argument("--max-frames", type=int, help="only the first N frames of each sequence (quick checks)")

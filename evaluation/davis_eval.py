@@ -38,7 +38,7 @@ class DavisOptions:
 
     config: str = "A"
     threshold: float = 0.95
-    max_updates: int = 100
+    max_updates: int = 500
     #: Frames are scaled by this before the student sees them (the paper: full 854x480).
     scale: float = 0.5
     augment: bool = True
@@ -72,14 +72,15 @@ def mask_box(mask: np.ndarray) -> Optional[tuple[float, float, float, float]]:
 
 
 def augment(image: np.ndarray, labels: np.ndarray, weights: np.ndarray, rng: np.random.Generator):
-    """Random flip, scale (0.85-1.15) and shift (up to 10%) of the student's input and targets.
+    """The supplement's augmentation of one annotated frame: random flip, scale (0.85-1.15) with a
+    shift (up to 10%, i.e. a crop), a small rotation (up to 5 degrees), Gaussian blur and pixel noise.
 
     Out-of-frame pixels get weight 0, so the student never learns the border.
     """
     h, w = labels.shape
     s = rng.uniform(0.85, 1.15)
     tx, ty = rng.uniform(-0.1, 0.1) * w, rng.uniform(-0.1, 0.1) * h
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, s)
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-5.0, 5.0), s)
     m[:, 2] += (tx, ty)
     if rng.random() < 0.5:
         m[0, :] *= -1
@@ -87,6 +88,10 @@ def augment(image: np.ndarray, labels: np.ndarray, weights: np.ndarray, rng: np.
     image = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     labels = cv2.warpAffine(labels, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     weights = cv2.warpAffine(weights, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    if rng.random() < 0.5:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.2))
+    noise = rng.normal(0.0, rng.uniform(0.0, 6.0), image.shape)
+    image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     return image, labels, weights
 
 
@@ -95,10 +100,14 @@ def adapt(trainer: Any, image: np.ndarray, target: np.ndarray, weights: np.ndarr
     """Train on one annotated frame until IoU >= threshold or ``max_updates``; (updates, IoU before, after).
 
     With ``rng``, every other step sees an augmented copy; the IoU is always
-    checked on the frame itself.
+    checked on the frame itself. When to stop is Algorithm 1's inner-loop rule,
+    asked of the stride controller that owns it (one rule, one place).
     """
+    from core.config import DistillConfig
     from core.metrics import mean_iou
+    from edge_agent.stride import FixedStride
 
+    rule = FixedStride(1, DistillConfig(accuracy_threshold=threshold, max_updates=max_updates))
     h, w = valid
 
     def iou() -> float:
@@ -106,7 +115,7 @@ def adapt(trainer: Any, image: np.ndarray, target: np.ndarray, weights: np.ndarr
 
     before = acc = iou()
     updates = 0
-    while updates < max_updates and acc < threshold:
+    while rule.should_update(updates, acc):
         if rng is not None and updates % 2 == 1:
             trainer.train_step(*augment(image, target, weights, rng))
         else:

