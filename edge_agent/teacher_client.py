@@ -2,8 +2,9 @@
 
 Deliberately light (grpc, protobuf, numpy, OpenCV; never torch) so it runs on
 the edge device. It retries what is worth retrying (UNAVAILABLE, and
-RESOURCE_EXHAUSTED when the server says when to come back) within the
-caller's deadline, and otherwise raises a typed error, so the agent can keep
+RESOURCE_EXHAUSTED: after the server's retry-after hint, or with back-off when
+there is none, e.g. gRPC's own call limit; only a message over the size limit
+is final) within the caller's deadline, and otherwise raises a typed error, so the agent can keep
 segmenting with its student while the teacher is away.
 """
 from __future__ import annotations
@@ -162,6 +163,11 @@ def check_answer(labels: TeacherLabels, groups: Sequence[str]) -> None:
     bad = [i.group_index for i in labels.instances if not 1 <= i.group_index <= len(groups)]
     if bad:
         raise TeacherRejected(f"teacher instances have group_index {bad}, outside 1..{len(groups)}")
+
+
+def _too_large(code: grpc.StatusCode, details: str) -> bool:
+    """gRPC's message-size refusal: RESOURCE_EXHAUSTED that resending the same request cannot fix."""
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details.lower()
 
 
 def _retry_after_s(error: grpc.RpcError) -> Optional[float]:
@@ -339,8 +345,10 @@ class TeacherClient:
                         code,
                         details,
                     ) from None
+                # Back-pressure, with a hint or without (gRPC's own concurrent-call limit gives none):
+                # wait and resend; only a message over the size limit is final.
                 retryable = code == grpc.StatusCode.UNAVAILABLE or (
-                    code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None
+                    code == grpc.StatusCode.RESOURCE_EXHAUSTED and not _too_large(code, details)
                 )
                 if not retryable:
                     cls = TeacherUnavailable if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) else TeacherRejected

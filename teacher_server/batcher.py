@@ -17,6 +17,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from teacher_server.admission import ServiceTimes, plan_batch, wait_estimate
+
 log = logging.getLogger(__name__)
 
 
@@ -134,6 +136,23 @@ class FairQueue:
             batch.append(job)
         return batch, expired
 
+    def unpop(self, jobs: Sequence[Job]) -> None:
+        """Put jobs taken by pop_batch back at the head of their queues (the next batch takes them first)."""
+        for job in reversed(jobs):
+            q = self._queues.get(job.camera_id)
+            if not q:
+                q = self._queues[job.camera_id] = collections.deque()
+                if job.camera_id in self._ring:
+                    self._ring.remove(job.camera_id)
+                self._ring.appendleft(job.camera_id)
+            q.appendleft(job)
+            self._total += 1
+
+    def ahead_of(self, camera_id: str) -> int:
+        """Jobs served before a new job of `camera_id` in round-robin order (an estimate for other orders)."""
+        own = self.depth(camera_id)
+        return sum(min(len(q), own + 1) for c, q in self._queues.items() if c != camera_id) + own
+
     def drain(self) -> list[Job]:
         jobs = [j for q in self._queues.values() for j in q]
         self._queues.clear()
@@ -164,6 +183,8 @@ class BatcherStats:
     batches: int = 0
     #: Seconds the worker spent computing batches (busy / wall time = utilisation).
     busy_s: float = 0.0
+    #: Refused at admission because the measured service time said they would miss their deadline.
+    refused_late: int = 0
 
     @property
     def mean_batch(self) -> float:
@@ -194,6 +215,7 @@ class DynamicBatcher:
         max_queue_per_camera: Optional[int] = None,
         on_batch: Optional[BatchHook] = None,
         name: str = "teacher-batcher",
+        deadline_admission: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -213,6 +235,10 @@ class DynamicBatcher:
         self._stopping = False
         self._busy = 0
         self._batch_seconds = 0.0  # moving average of one batch's compute time
+        #: Refuse what cannot finish by its deadline and size batches to deadlines (teacher_server.admission).
+        self.deadline_admission = deadline_admission
+        self._times = ServiceTimes()
+        self._running: Optional[tuple[float, int]] = None  # (start, size) of the batch being computed
         self.stats = BatcherStats()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -260,6 +286,8 @@ class DynamicBatcher:
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("the teacher is shutting down; try another server or retry later")
+            if self.deadline_admission and deadline is not None:
+                self._admit_locked(job)
             try:
                 evicted = self._queue.put(job)
             except QueueFull as exc:
@@ -293,6 +321,25 @@ class DynamicBatcher:
         with self._cond:
             return self._retry_after_locked()
 
+    def _admit_locked(self, job: Job) -> None:
+        """Refuse `job` (QueueFull with a retry-after hint) if it would be answered after its deadline."""
+        now = time.monotonic()
+        running_left = 0.0
+        if self._running is not None:
+            started, size = self._running
+            running_left = max(0.0, started + (self._times.estimate(size) or 0.0) - now)
+        wait = wait_estimate(self._times, self._queue.ahead_of(job.camera_id), self.max_batch, running_left, self.max_delay_s)
+        if wait is None or now + wait <= job.deadline:
+            return
+        self.stats.rejected += 1
+        self.stats.refused_late += 1
+        remaining = job.deadline - now
+        raise QueueFull(
+            f"the teacher cannot answer within this request's deadline ({remaining * 1e3:.0f} ms left, "
+            f"about {wait * 1e3:.0f} ms of work ahead); resend later or with a longer deadline",
+            max(0.05, wait - max(0.0, remaining)),
+        )
+
     def _retry_after_locked(self) -> float:
         """How long until the queue has room: batches ahead times their recent cost."""
         per_batch = self._batch_seconds or 0.1
@@ -316,9 +363,15 @@ class DynamicBatcher:
                     self._cond.wait(remaining)
                 if self._stopping:
                     return
-                batch, expired = self._queue.pop_batch(self.max_batch, time.monotonic())
+                now = time.monotonic()
+                batch, expired = self._queue.pop_batch(self.max_batch, now)
+                if self.deadline_admission:
+                    batch, late, later = plan_batch(batch, now, self._times)
+                    self._queue.unpop(later)
+                    expired += late
                 self.stats.expired += len(expired)
                 self._busy += 1
+                self._running = (now, len(batch))
             try:
                 for job in expired:
                     _fail(job, DeadlineExpired("the deadline passed while the frame waited in the queue; it was not computed"))
@@ -333,6 +386,7 @@ class DynamicBatcher:
             finally:
                 with self._cond:
                     self._busy -= 1
+                    self._running = None
                     self._cond.notify_all()
 
     def _compute(self, batch: list[Job]) -> None:
@@ -360,6 +414,7 @@ class DynamicBatcher:
             self.stats.computed += len(batch)
             self.stats.batches += 1
             self.stats.busy_s += elapsed
+            self._times.observe(len(batch), elapsed)
             self._batch_seconds = elapsed if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * elapsed
         # Answer first: a failing metrics hook must never leave a request unanswered.
         for job, result in zip(batch, results):
@@ -382,6 +437,7 @@ class DynamicBatcher:
             self.stats.computed += 1
             self.stats.batches += 1
             self.stats.busy_s += elapsed
+            self._times.observe(1, elapsed)
         _resolve(job, result)
         self._notify_batch(1, elapsed)
 

@@ -23,11 +23,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--port", type=int, default=50051, help="gRPC port (0 = any free port)")
     parser.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics HTTP port (-1 = off)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address /metrics listens on (plain HTTP, no auth: keep it local or behind a proxy)")
+    parser.add_argument("--health-port", type=int, default=None,
+                        help="serve gRPC health checks on this local port too (with --tokens the only place they are)")
+    parser.add_argument("--health-host", default="127.0.0.1", help="address of --health-port")
     parser.add_argument("--max-batch", type=int, default=8, help="frames per model call at most (1 = no batching)")
     parser.add_argument("--max-delay-ms", type=float, default=10.0, help="how long a frame may wait for others to batch with")
     parser.add_argument("--max-queue", type=int, default=64, help="frames waiting at most; then RESOURCE_EXHAUSTED + retry-after")
     parser.add_argument("--max-queue-per-camera", type=int, default=None, help="frames one camera may have waiting (default max-queue/4)")
     parser.add_argument("--max-message-mb", type=float, default=32.0, help="largest request accepted, MiB")
+    parser.add_argument("--max-pixels", type=int, default=None, help="largest frame accepted, pixels (default DCI 4K, 4096x2160)")
+    parser.add_argument("--max-frame-mb", type=float, default=1024.0, help="decoded frames held at once, MiB (decoding, queued, computing)")
+    parser.add_argument("--max-calls", type=int, default=None, help="calls taken at once (default: gRPC's limit of 256 less 16)")
+    parser.add_argument("--max-calls-per-camera", type=int, default=16, help="calls one camera may hold at once")
+    parser.add_argument("--max-streams-per-camera", type=int, default=2, help="LabelStreams one camera may keep open")
+    parser.add_argument("--stream-idle-s", type=float, default=60.0, help="end a LabelStream that carried no frame for this long")
+    parser.add_argument("--admission", default="deadline", choices=("deadline", "queue"),
+                        help="deadline: refuse frames the measured service time cannot answer within their deadline (default); "
+                             "queue: the old rule, admit while the queue has room")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="default detection score threshold")
     parser.add_argument("--tokens", default=None, help="file of per-camera bearer tokens ('camera_id token' lines or JSON)")
     parser.add_argument("--tls-cert", default=None, help="PEM certificate chain (enables TLS, with --tls-key)")
@@ -81,12 +95,21 @@ def server_config(args: argparse.Namespace) -> "ServerConfig":
         max_queue=args.max_queue,
         max_queue_per_camera=args.max_queue_per_camera,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
+        max_frame_bytes=int(args.max_frame_mb * 1024 * 1024),
+        max_calls=args.max_calls,
+        max_calls_per_camera=args.max_calls_per_camera,
+        max_streams_per_camera=args.max_streams_per_camera,
+        stream_idle_s=args.stream_idle_s,
+        deadline_admission=args.admission == "deadline",
+        health_port=args.health_port,
+        health_host=args.health_host,
         score_threshold=args.score_threshold,
         tokens=tokens_from_file(args.tokens),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-        metrics_host=args.host,
+        metrics_host=args.metrics_host,
     )
 
 

@@ -18,15 +18,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos import teacher_pb2, teacher_pb2_grpc
+from protos import teacher_pb2
 from teacher_server.auth import TokenAuth, load_tokens
 from teacher_server.backends.base import TeacherBackend
 from teacher_server.batcher import BatcherStats, DynamicBatcher
 from teacher_server.codec import DEFAULT_MAX_PIXELS
 from teacher_server.labeler import Labeler
+from teacher_server.limits import CallLimiter, CallLimits
 from teacher_server.metrics import TeacherMetrics
 from teacher_server.semantic import DEFAULT_SCORE_THRESHOLD
-from teacher_server.service import LabelPayload, TeacherServicer
+from teacher_server.service import DEFAULT_STREAM_IDLE_S, LabelPayload, TeacherServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,28 @@ class ServerConfig:
     #: Largest request or response accepted (a 4K raw RGB frame is ~25 MB).
     max_message_bytes: int = 32 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
-    #: Calls handled at once (each open stream counts as one).
+    #: gRPC's own limit of calls handled at once (each open stream counts as one); past it gRPC
+    #: refuses with a bare RESOURCE_EXHAUSTED, so the server's limits below stay under it.
     max_concurrent_rpcs: int = 256
+    #: Calls the server itself takes at once (None: max_concurrent_rpcs less 1/16 for headroom);
+    #: over it, and over a camera's share, callers get RESOURCE_EXHAUSTED with retry-after.
+    max_calls: Optional[int] = None
+    max_calls_per_camera: Optional[int] = 16
+    max_streams_per_camera: Optional[int] = 2
+    #: Bytes of decoded frames held at once (decoding, queued, computing); None = unbounded.
+    max_frame_bytes: Optional[int] = 1024 * 1024 * 1024
+    #: A stream without a frame for this long is ended with UNAVAILABLE (None = never).
+    stream_idle_s: Optional[float] = DEFAULT_STREAM_IDLE_S
+    #: Refuse (RESOURCE_EXHAUSTED + retry-after) frames that the measured service time says cannot
+    #: be answered within their deadline, and size batches to the deadlines inside; False: the old
+    #: rule (admit while the queue has room, drop only what already expired).
+    deadline_admission: bool = True
+    #: Server reflection on the gRPC port; None = on without tokens, off with tokens (it needs none).
+    reflection: Optional[bool] = None
+    #: Health checking on its own plain-text port (0 = a free one), for orchestrators; None = off.
+    #: Without tokens health is also served on the gRPC port; with tokens only here.
+    health_port: Optional[int] = None
+    health_host: str = "127.0.0.1"
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     #: camera_id -> bearer token; None = no authentication.
     tokens: Optional[Mapping[str, str]] = None
@@ -80,6 +101,9 @@ class ServerHandle:
     _health: health.HealthServicer = field(repr=False)
     _servicer: TeacherServicer = field(repr=False)
     _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: Port of the separate health-check server (ServerConfig.health_port), None when off.
+    health_port: Optional[int] = None
+    _health_server: Optional[grpc.Server] = field(default=None, repr=False)
 
     @property
     def target(self) -> str:
@@ -113,6 +137,8 @@ class ServerHandle:
         done = self._server.stop(grace)
         self.batcher.drain(grace)
         done.wait(None if grace is None else grace + 5.0)
+        if self._health_server is not None:
+            self._health_server.stop(0)
         self.batcher.stop(0)
         self.metrics.close()
         log.info("teacher on %s stopped", self.target)
@@ -163,11 +189,24 @@ def start_server(
         max_delay_s=config.max_delay_ms / 1000.0,
         max_queue=config.max_queue,
         max_queue_per_camera=config.max_queue_per_camera,
+        deadline_admission=config.deadline_admission,
         on_batch=lambda size, seconds: metrics_holder["m"].observe_batch(size, seconds),
     )
     metrics = TeacherMetrics(queue_depth=batcher.queue_depth)
     metrics_holder["m"] = metrics
     auth = TokenAuth(config.tokens) if config.tokens else None
+    max_calls = config.max_calls
+    if max_calls is None:
+        max_calls = max(1, config.max_concurrent_rpcs - max(1, config.max_concurrent_rpcs // 16))
+    if max_calls >= config.max_concurrent_rpcs:
+        raise ValueError(f"max_calls ({max_calls}) must stay below max_concurrent_rpcs ({config.max_concurrent_rpcs}), "
+                         "or gRPC refuses calls before the server can say when to come back")
+    limiter = CallLimiter(CallLimits(
+        max_calls=max_calls,
+        max_calls_per_camera=config.max_calls_per_camera,
+        max_streams_per_camera=config.max_streams_per_camera,
+        max_frame_bytes=config.max_frame_bytes,
+    ))
     servicer = TeacherServicer(
         batcher,
         model_name=labeler.model_name,
@@ -177,6 +216,8 @@ def start_server(
         auth=auth,
         max_pixels=config.max_pixels,
         max_message_bytes=config.max_message_bytes,
+        limiter=limiter,
+        stream_idle_s=config.stream_idle_s,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_concurrent_rpcs, thread_name_prefix="teacher-rpc"),
@@ -187,10 +228,25 @@ def start_server(
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    teacher_pb2_grpc.add_TeacherServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    # With tokens, nothing on the gRPC port answers without one: unauthenticated health or
+    # reflection streams would hold gRPC's call slots that the cameras need.
+    if not auth:
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.reflection if config.reflection is not None else not auth:
+        names = (SERVICE_NAME, reflection.SERVICE_NAME) + (() if auth else (health.SERVICE_NAME,))
+        reflection.enable_server_reflection(names, server)
+    health_server = None
+    health_port = None
+    if config.health_port is not None:
+        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="teacher-health"),
+                                    options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=16)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        try:
+            health_port = health_server.add_insecure_port(f"{config.health_host}:{config.health_port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for health checks on {config.health_host}:{config.health_port}: {exc}") from exc
 
     address = f"{config.host}:{config.port}"
     tls = bool(config.tls_cert or config.tls_key)
@@ -211,6 +267,8 @@ def start_server(
 
     batcher.start()
     server.start()
+    if health_server is not None:
+        health_server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = metrics.serve_http(config.metrics_port, config.metrics_host) if config.metrics_port is not None else None
@@ -225,6 +283,8 @@ def start_server(
         _server=server,
         _health=health_servicer,
         _servicer=servicer,
+        health_port=health_port,
+        _health_server=health_server,
     )
     log.info(
         "teacher %s (%s) listening on %s%s; batching max %d frames / %.1f ms, queue %d%s",

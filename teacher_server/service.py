@@ -17,20 +17,69 @@ from typing import Any, Iterator, Optional
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from core.labels import RETRY_AFTER_KEY
 from protos import teacher_pb2, teacher_pb2_grpc
 from teacher_server.auth import TokenAuth
 from teacher_server.batcher import DeadlineExpired, DynamicBatcher, Job, QueueFull, ShuttingDown
-from teacher_server.codec import FrameError, decode_encoded, decode_raw, encode_label_map
+from teacher_server.codec import FrameError, check_size, decode_encoded, decode_raw, encode_label_map, encoded_size
 from core.groups import GroupError, GroupSpec, known_groups, resolve_groups
 from teacher_server.labeler import LabelResult
+from teacher_server.limits import CallLimiter, LimitExceeded
 from teacher_server.metrics import TeacherMetrics
 
 log = logging.getLogger(__name__)
 
-#: Trailing-metadata key of the backpressure hint (milliseconds, decimal string).
 _UNAUTHENTICATED = "missing or invalid bearer token for this camera"
+#: Longest camera id and group name accepted (they are echoed in answers and logs).
+MAX_CAMERA_ID_CHARS = 128
+MAX_GROUP_NAME_CHARS = 64
+#: Error messages are cut here, so echoed input can never grow the status past gRPC's metadata limit.
+MAX_MESSAGE_CHARS = 512
+#: A stream that carried no frame for this long is ended (UNAVAILABLE: reconnect when there is work).
+DEFAULT_STREAM_IDLE_S = 60.0
+#: Undecodable requests are logged at most once per this many seconds, with a count.
+_GARBAGE_LOG_INTERVAL_S = 10.0
+
+
+class UndecodableRequest:
+    """What the server's deserializer hands the servicer for bytes that are not the request message."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.camera_id = ""
+        self.frame_index = 0
+
+
+_GARBAGE = "the request is not a valid jitnet.teacher.v1 protobuf message; use the generated stubs of protos/teacher.proto"
+
+
+class _Holds:
+    """What one call holds of the limiter, given back exactly once (also when added after the call ended)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._releases: list = []
+        self._closed = False
+
+    def add(self, release: Any) -> None:
+        with self._lock:
+            if not self._closed:
+                self._releases.append(release)
+                return
+        release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed, releases, self._releases = True, self._releases, []
+        for release in releases:
+            release()
+
+
+def _clip(text: str, limit: int = 64) -> str:
+    """`text` for an error message: at most `limit` characters, marked when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass
@@ -46,15 +95,46 @@ class _Failure(Exception):
     """A request ends with this status; retry_after_s goes into the trailing metadata."""
 
     def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: Optional[float] = None) -> None:
+        message = _clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
 
 
+def check_fields(request: teacher_pb2.LabelRequest) -> None:
+    """The request's names are short enough to be looked up, echoed and logged (INVALID_ARGUMENT if not)."""
+    if len(request.camera_id) > MAX_CAMERA_ID_CHARS:
+        raise _Failure(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"camera_id has {len(request.camera_id)} characters; at most {MAX_CAMERA_ID_CHARS} are accepted")
+    for name in request.groups:
+        if len(name) > MAX_GROUP_NAME_CHARS:
+            raise _Failure(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"group name {_clip(name)!r} is longer than {MAX_GROUP_NAME_CHARS} characters; see GetInfo for the names")
+
+
+def frame_size(request: teacher_pb2.LabelRequest, max_pixels: int) -> tuple[int, int]:
+    """(height, width) the request's image declares, checked against the pixel limit before any decoding."""
+    try:
+        kind = request.WhichOneof("image")
+        if kind == "encoded":
+            if not request.encoded:
+                raise FrameError("empty frame: no image bytes were sent")
+            height, width = encoded_size(request.encoded)
+        elif kind == "raw":
+            height, width = request.raw.height, request.raw.width
+        else:
+            raise FrameError("empty frame: the request carries no image (set `encoded` or `raw`)")
+        check_size(height, width, max_pixels)
+    except FrameError as exc:
+        raise _Failure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    return height, width
+
+
 def parse_request(request: teacher_pb2.LabelRequest, max_pixels: int) -> tuple[LabelPayload, float]:
     """Decode and validate; returns the payload and the decode time in seconds."""
     start = time.perf_counter()
+    check_fields(request)
     try:
         spec = resolve_groups(list(request.groups))
         kind = request.WhichOneof("image")
@@ -87,8 +167,16 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
         auth: Optional[TokenAuth] = None,
         max_pixels: int,
         max_message_bytes: int,
+        limiter: Optional[CallLimiter] = None,
+        stream_idle_s: Optional[float] = None,
     ) -> None:
         self.batcher = batcher
+        #: Calls, streams and frame bytes held per camera and in total (None: only gRPC's own limit).
+        self.limiter = limiter
+        self.stream_idle_s = stream_idle_s
+        self._garbage_lock = threading.Lock()
+        self._garbage_count = 0
+        self._garbage_logged_at = float("-inf")
         self.model_name = model_name
         self.model_version = model_version
         self.default_score_threshold = default_score_threshold
@@ -101,32 +189,49 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
     # -- unary -----------------------------------------------------------------------------
     def Label(self, request: teacher_pb2.LabelRequest, context: grpc.ServicerContext) -> teacher_pb2.LabelResponse:
         start = time.perf_counter()
-        if not self._authorized(context, request.camera_id):
-            self.metrics.observe_request(grpc.StatusCode.UNAUTHENTICATED.name)
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+        if isinstance(request, UndecodableRequest):
+            self._refuse_garbage(request, context)
+        held = _Holds()
         try:
-            job, decode_s = self._submit(request, context)
-            context.add_callback(lambda: self.batcher.cancel(job))
-            result = self._wait(job, context.time_remaining())
-        except _Failure as failure:
-            self.metrics.observe_request(failure.code.name)
-            if failure.retry_after_s is not None:
-                context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(failure.retry_after_s * 1000) + 1)),))
-            context.abort(failure.code, failure.message)
-        response = self._response(request, job, result, start, decode_s)
-        self.metrics.observe_request(grpc.StatusCode.OK.name, time.perf_counter() - start)
-        return response
+            try:
+                check_fields(request)
+                if not self._authorized(context, request.camera_id):
+                    raise _Failure(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+                self._hold(held, request.camera_id, stream=False)
+                job, decode_s = self._submit(request, context)
+                context.add_callback(lambda: self.batcher.cancel(job))
+                result = self._wait(job, context.time_remaining(), context)
+            except _Failure as failure:
+                self._abort(context, failure)
+            response = self._response(request, job, result, start, decode_s)
+            self._observe_delivery(context, time.perf_counter() - start)
+            return response
+        finally:
+            held.close()
 
     # -- bidirectional stream ----------------------------------------------------------------
     def LabelStream(self, request_iterator: Iterator[teacher_pb2.LabelRequest], context: grpc.ServicerContext) -> Iterator[teacher_pb2.LabelResponse]:
-        """One response per request, in request order; a bad frame gets an `error` response."""
+        """One response per request, in request order; a bad frame gets an `error` response.
+
+        The stream counts as one call of the server and of its camera (the first
+        request's camera_id) while it is open; one that carries no frame for
+        `stream_idle_s` is ended with UNAVAILABLE, so abandoned streams give their
+        share back.
+        """
         if not self._authorized(context, None):  # no valid token at all: refuse before reading
-            self.metrics.observe_request(grpc.StatusCode.UNAUTHENTICATED.name)
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
-        # Items: ("job", request, job, t0, decode_s) | ("error", request, _Failure) | ("auth",) | ("end",)
+            self._abort(context, _Failure(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED))
+        held = _Holds()
+        context.add_callback(held.close)
+        try:
+            self._hold(held, None, stream=True)
+        except _Failure as failure:
+            held.close()
+            self._abort(context, failure)
+        # Items: ("job", request, job, t0, decode_s) | ("error", request, _Failure) | ("auth",) | ("end", failure)
         pending: queue.Queue = queue.Queue(maxsize=max(2, self.batcher.max_queue))
         live_jobs: set[Job] = set()
         lock = threading.Lock()
+        last_activity = [time.monotonic()]
 
         def on_done() -> None:
             with lock:
@@ -147,12 +252,32 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
             return False
 
         def read() -> None:
+            camera: Optional[str] = None
             try:
                 for request in request_iterator:
                     t0 = time.perf_counter()
+                    last_activity[0] = time.monotonic()
+                    if isinstance(request, UndecodableRequest):
+                        self._count_garbage(request)
+                        if not put(("error", request, _Failure(grpc.StatusCode.INVALID_ARGUMENT, _GARBAGE))):
+                            return
+                        continue
+                    try:
+                        check_fields(request)
+                    except _Failure as failure:
+                        if not put(("error", request, failure)):
+                            return
+                        continue
                     if not self._authorized(context, request.camera_id):
                         put(("auth",))
                         return
+                    if camera is None:
+                        camera = request.camera_id
+                        try:
+                            self._hold(held, camera, stream=True)
+                        except _Failure as failure:
+                            put(("end", failure))
+                            return
                     try:
                         job, decode_s = self._submit(request, context)
                     except _Failure as failure:
@@ -184,14 +309,18 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
                 if self.shutting_down.is_set() and idle and pending.empty():
                     # An idle camera connection must not hold up a graceful shutdown.
                     context.abort(grpc.StatusCode.UNAVAILABLE, "the teacher is shutting down; reconnect to another server")
+                if (self.stream_idle_s is not None and idle and pending.empty()
+                        and time.monotonic() - last_activity[0] > self.stream_idle_s):
+                    held.close()
+                    context.abort(grpc.StatusCode.UNAVAILABLE,
+                                  f"stream carried no frame for {self.stream_idle_s:g} s; open a new one when there is work")
                 continue
             kind = item[0]
             if kind == "auth":
-                self.metrics.observe_request(grpc.StatusCode.UNAUTHENTICATED.name)
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+                self._abort(context, _Failure(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED))
             if kind == "end":
                 if item[1] is not None:
-                    context.abort(item[1].code, item[1].message)
+                    self._abort(context, item[1])
                 return
             if kind == "error":
                 _, request, failure = item
@@ -200,7 +329,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
                 continue
             _, request, job, t0, decode_s = item
             try:
-                result = self._wait(job, context.time_remaining())
+                result = self._wait(job, context.time_remaining(), context)
             except _Failure as failure:
                 self.metrics.observe_request(failure.code.name)
                 yield self._error_response(request, failure)
@@ -208,11 +337,16 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
             finally:
                 with lock:
                     live_jobs.discard(job)
-            self.metrics.observe_request(grpc.StatusCode.OK.name, time.perf_counter() - t0)
-            yield self._response(request, job, result, t0, decode_s)
+            response = self._response(request, job, result, t0, decode_s)
+            self._observe_delivery(context, time.perf_counter() - t0)
+            last_activity[0] = time.monotonic()
+            yield response
 
     # -- info ------------------------------------------------------------------------------
     def GetInfo(self, request: teacher_pb2.InfoRequest, context: grpc.ServicerContext) -> teacher_pb2.InfoResponse:
+        if isinstance(request, UndecodableRequest):
+            self._count_garbage(request)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _GARBAGE)
         if not self._authorized(context, None):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
         return teacher_pb2.InfoResponse(
@@ -229,21 +363,88 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
     def _authorized(self, context: grpc.ServicerContext, camera_id: Optional[str]) -> bool:
         return self.auth is None or self.auth.allows(context.invocation_metadata(), camera_id)
 
+    def _hold(self, held: _Holds, camera_id: Optional[str], *, stream: bool) -> None:
+        """Count this call (camera None: before its camera is known) or its camera's share; over a limit -> _Failure."""
+        limiter = self.limiter
+        if limiter is None:
+            return
+        try:
+            if camera_id is None:
+                limiter.acquire_call()
+                held.add(limiter.release_call)
+            else:
+                limiter.acquire_camera(camera_id, stream=stream)
+                held.add(lambda: limiter.release_camera(camera_id, stream=stream))
+        except LimitExceeded as exc:
+            raise _Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.retry_after_s) from None
+
+    def _abort(self, context: grpc.ServicerContext, failure: _Failure) -> None:
+        """End the call with `failure` (counted; retry-after in the trailing metadata when there is one)."""
+        self.metrics.observe_request(failure.code.name)
+        if failure.retry_after_s is not None:
+            context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(failure.retry_after_s * 1000) + 1)),))
+        context.abort(failure.code, failure.message)
+
+    def _observe_delivery(self, context: grpc.ServicerContext, seconds: float) -> None:
+        """An answer is OK only if its caller still waits for it: else DEADLINE_EXCEEDED or CANCELLED."""
+        if context.is_active():
+            self.metrics.observe_request(grpc.StatusCode.OK.name, seconds)
+            return
+        remaining = context.time_remaining()
+        late = remaining is not None and remaining <= 0.0
+        self.metrics.observe_request((grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED).name)
+
+    def _count_garbage(self, request: UndecodableRequest) -> None:
+        """One log line per interval for requests that are not protobuf, with how many there were."""
+        with self._garbage_lock:
+            self._garbage_count += 1
+            now = time.monotonic()
+            if now - self._garbage_logged_at < _GARBAGE_LOG_INTERVAL_S:
+                return
+            self._garbage_logged_at, count, self._garbage_count = now, self._garbage_count, 0
+        log.warning("refused %d undecodable request(s) in the last %g s (latest: %d bytes)",
+                    count, _GARBAGE_LOG_INTERVAL_S, request.nbytes)
+
+    def _refuse_garbage(self, request: UndecodableRequest, context: grpc.ServicerContext) -> None:
+        self._count_garbage(request)
+        self._abort(context, _Failure(grpc.StatusCode.INVALID_ARGUMENT, _GARBAGE))
+
     def _submit(self, request: teacher_pb2.LabelRequest, context: grpc.ServicerContext) -> tuple[Job, float]:
         if self.shutting_down.is_set():
             raise _Failure(grpc.StatusCode.UNAVAILABLE, "the teacher is shutting down; retry on another server")
-        payload, decode_s = parse_request(request, self.max_pixels)
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
+        height, width = frame_size(request, self.max_pixels)
+        # The decoded frame's memory is reserved before decoding and given back when its job ends.
+        nbytes = height * width * 3
+        if self.limiter is not None:
+            cap = self.limiter.limits.max_frame_bytes
+            if cap is not None and nbytes > cap:
+                raise _Failure(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"a {height}x{width} frame needs {nbytes >> 20} MiB decoded; this server holds at most "
+                               f"{cap >> 20} MiB of frames; scale it down before sending")
+            try:
+                self.limiter.acquire_bytes(nbytes)
+            except LimitExceeded as exc:
+                raise _Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.retry_after_s) from None
         try:
-            job = self.batcher.submit(request.camera_id, payload, deadline)
-        except QueueFull as exc:
-            raise _Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry later", exc.retry_after_s) from None
-        except ShuttingDown as exc:
-            raise _Failure(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            payload, decode_s = parse_request(request, self.max_pixels)
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None else None
+            try:
+                job = self.batcher.submit(request.camera_id, payload, deadline)
+            except QueueFull as exc:
+                raise _Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry later", exc.retry_after_s) from None
+            except ShuttingDown as exc:
+                raise _Failure(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        except BaseException:
+            if self.limiter is not None:
+                self.limiter.release_bytes(nbytes)
+            raise
+        if self.limiter is not None:
+            limiter = self.limiter
+            job.future.add_done_callback(lambda _: limiter.release_bytes(nbytes))
         return job, decode_s
 
-    def _wait(self, job: Job, remaining: Optional[float]) -> LabelResult:
+    def _wait(self, job: Job, remaining: Optional[float], context: Optional[grpc.ServicerContext] = None) -> LabelResult:
         try:
             # A little past the deadline: gRPC itself ends the call at the deadline.
             return job.future.result(timeout=None if remaining is None else max(0.0, remaining) + 0.5)
@@ -257,7 +458,9 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
         except ShuttingDown as exc:
             raise _Failure(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         except CancelledError:
-            if job.deadline is not None and time.monotonic() >= job.deadline:
+            # gRPC cancels the job when the caller's deadline passes: that is DEADLINE_EXCEEDED, not CANCELLED.
+            left = context.time_remaining() if context is not None else None
+            if (job.deadline is not None and time.monotonic() >= job.deadline - 0.05) or (left is not None and left <= 0.0):
                 raise _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while the frame waited") from None
             raise _Failure(grpc.StatusCode.CANCELLED, "the request was cancelled") from None
         except Exception as exc:  # noqa: BLE001 - the model failed on this frame
@@ -307,3 +510,32 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
             frame_index=request.frame_index,
             error=teacher_pb2.Error(code=failure.code.value[0], message=failure.message, retry_after_ms=retry_ms),
         )
+
+
+def add_to_server(servicer: TeacherServicer, server: grpc.Server) -> None:
+    """Register the Teacher service like the generated add_TeacherServicer_to_server, except that
+    bytes which are not the request message reach the servicer as UndecodableRequest (so they get
+    INVALID_ARGUMENT and a counted log line, not INTERNAL and a traceback per request)."""
+
+    def load(message_cls: Any) -> Any:
+        def deserialize(data: bytes) -> Any:
+            try:
+                return message_cls.FromString(data)
+            except DecodeError:
+                return UndecodableRequest(len(data))
+
+        return deserialize
+
+    handlers = {
+        "Label": grpc.unary_unary_rpc_method_handler(
+            servicer.Label, request_deserializer=load(teacher_pb2.LabelRequest),
+            response_serializer=teacher_pb2.LabelResponse.SerializeToString),
+        "LabelStream": grpc.stream_stream_rpc_method_handler(
+            servicer.LabelStream, request_deserializer=load(teacher_pb2.LabelRequest),
+            response_serializer=teacher_pb2.LabelResponse.SerializeToString),
+        "GetInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetInfo, request_deserializer=load(teacher_pb2.InfoRequest),
+            response_serializer=teacher_pb2.InfoResponse.SerializeToString),
+    }
+    name = teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

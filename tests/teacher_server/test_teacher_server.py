@@ -207,7 +207,9 @@ def test_tokens_are_per_camera_and_anything_else_is_unauthenticated(small_frame)
 
 # -- deadlines, backpressure, fairness, shutdown --------------------------------------------------------------
 def test_deadline_shorter_than_the_queue_wait_is_not_computed(small_frame) -> None:
-    with start_server(yolo_backend(), port=0, max_batch=1, max_delay_ms=0, warmup=False) as handle:
+    # The old admission rule (admit while there is room): the late frame is dropped from the queue.
+    # With deadline admission it is refused up front instead (test_teacher_overload.py).
+    with start_server(yolo_backend(), port=0, max_batch=1, max_delay_ms=0, deadline_admission=False, warmup=False) as handle:
         def busy(c: int):
             with TeacherClient(handle.url, camera_id=f"busy{c}", timeout_s=60, encoding="raw") as client:
                 return client.label(small_frame, ["dog"], frame_index=c)
