@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("sdk.run_cli", "segment a stream with online distillation"),
     "demo": ("sdk.demo", "the whole system on a real clip, with an embedded teacher"),
     "eval": ("evaluation.cli", "the paper's evaluations on real video"),
-    "pretrain": ("export.pretrain", "pre-train the student offline on a COCO-format dataset"),
+    "pretrain": ("cli.pretrain", "pre-train the student offline (COCO, YOLO-seg, label PNGs, teacher-distilled)"),
     "bench": ("bench.cli", "benchmarks (train | teacher | agent)"),
 }
 

@@ -39,8 +39,10 @@ def _names(text: str) -> list[str]:
 def _add_start(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("student start (all methods start from the same one)")
     g.add_argument("--artifacts", type=Path, help="artifact directory (from `jitnet export`)")
-    g.add_argument("--init", type=Path, help="pre-trained student checkpoint (`jitnet pretrain`); exported once into the cache")
-    g.add_argument("--width", type=float, default=0.5, help="width of the default (random init) student")
+    g.add_argument("--init", default="default",
+                   help="weights to start from: default (the shipped pre-trained student), none (random) or a "
+                        "`jitnet pretrain` checkpoint; exported once into the cache")
+    g.add_argument("--width", type=float, default=0.5, help="width of the student (the shipped one is 0.5)")
     g.add_argument("--backend", default="ort", choices=("ort", "torch"), help="training runtime")
 
 

@@ -2,8 +2,8 @@
 
 Every method of one evaluation starts from the same artifact directory: one
 given with ``--artifacts``, one exported from a pre-trained checkpoint with
-``--init`` (cached, so the export happens once per checkpoint), or the
-default randomly initialised student for the classes.  The report names the
+``--init`` (cached, so the export happens once per checkpoint; ``default``
+is the shipped pre-trained student), or random weights (``--init none``).  The report names the
 start so a number is never read without knowing whether the student was
 pre-trained.
 """
@@ -25,7 +25,7 @@ class StudentStart:
 
     artifacts: Path
     init: Optional[Path]
-    how: str  # "--artifacts", "--init" or "default"
+    how: str  # "--artifacts", "--init", "shipped" or "random"
 
     def to_dict(self) -> dict[str, Any]:
         from core.manifest import MANIFEST_NAME, load_manifest
@@ -56,28 +56,23 @@ def _digest(path: Path) -> str:
 
 
 def _student_for(init: Path, classes: Sequence[str], new_head: bool):
-    """The checkpoint's student for ``classes``; with ``new_head`` a checkpoint for other classes gets a new head.
+    """The checkpoint's student for ``classes``; a note when its head was rebuilt.
 
-    The new 1x1 logits layer keeps the checkpoint's background row and gives
-    every new class the mean of the checkpoint's foreground rows ("anything
-    the student knew as an object"), so a COCO-pretrained student starts DAVIS
-    as a generic foreground detector instead of from a random head.
+    Without ``new_head`` the head is cut to ``classes`` by group name (groups
+    the checkpoint never learnt get a fresh channel, logged).  With it, every
+    class gets the mean of the checkpoint's foreground rows ("anything the
+    student knew as an object"), so a COCO-pretrained student starts DAVIS as
+    a generic foreground detector instead of from a random head.
     """
     import torch
 
-    from export.jitnet import load_student
+    from export.jitnet import JITNetSpec, load_student, load_student_start
 
-    blob = torch.load(init, map_location="cpu", weights_only=True)
-    want = len(classes) + 1
-    saved = blob.get("classes")
-    if saved is not None:
-        saved = [c for c in saved if c != "background"]
-    if (saved is not None and saved == list(classes)) or (saved is None and blob["num_classes"] == want):
-        return load_student(init, num_classes=want), None
     if not new_head:
-        raise ValueError(f"{init} was pre-trained for classes {saved or blob['num_classes'] - 1}, not {list(classes)}; "
-                         f"evaluate with --classes {','.join(saved) if saved else '...'} or pre-train for these classes")
+        model, start = load_student_start(init, classes=list(classes))
+        return model, (f"fresh head channel(s) for {list(start.fresh)}" if start.fresh else None)
     model = load_student(init)
+    want = len(classes) + 1
     old = model.logits
     head = torch.nn.Conv2d(old.in_channels, want, 1)
     with torch.no_grad():
@@ -85,11 +80,10 @@ def _student_for(init: Path, classes: Sequence[str], new_head: bool):
         head.bias[0] = old.bias[0]
         head.weight[1:] = old.weight[1:].mean(0, keepdim=True)
         head.bias[1:] = old.bias[1:].mean()
+    known = model.spec.num_classes - 1
     model.logits = head
-    from export.jitnet import JITNetSpec
-
     model.spec = JITNetSpec(model.spec.width, want)
-    return model, f"new head for {list(classes)} from the checkpoint's {saved or blob['num_classes'] - 1} classes"
+    return model, f"new head for {list(classes)} from the checkpoint's {known} classes"
 
 
 def artifacts_from_init(init: Path, classes: Sequence[str], *, cache_root: Optional[Path] = None,
@@ -119,26 +113,32 @@ def artifacts_from_init(init: Path, classes: Sequence[str], *, cache_root: Optio
 
 
 def resolve_start(
-    classes: Sequence[str], *, artifacts: Optional[Path] = None, init: Optional[Path] = None, width: float = 0.5,
-    new_head: bool = False,
+    classes: Sequence[str], *, artifacts: Optional[Path] = None, init: "str | Path | None" = "default",
+    width: float = 0.5, new_head: bool = False,
 ) -> StudentStart:
     """The student to start from; its classes must be the evaluation's classes, in order.
 
-    ``new_head`` lets a checkpoint pre-trained for other classes start with a
-    new logits layer (DAVIS: one "object" class whatever COCO groups it learnt).
+    ``init``: ``default`` (the shipped pre-trained student), ``none`` (random)
+    or a checkpoint.  ``new_head`` gives a checkpoint's student one new head
+    for other classes (DAVIS: one "object" class whatever COCO groups it learnt).
     """
     from core.manifest import load_manifest
+    from export.pretrained import describe_start, resolve_init
 
-    if artifacts is not None and init is not None:
-        raise ValueError("give --artifacts or --init, not both")
     if artifacts is not None:
+        if init is not None and str(init).lower() != "default":
+            raise ValueError("give --artifacts or --init, not both")
         start = StudentStart(Path(artifacts), None, "--artifacts")
-    elif init is not None:
-        start = StudentStart(artifacts_from_init(Path(init), classes, new_head=new_head), Path(init), "--init")
     else:
-        from sdk.session import default_artifacts
+        path = resolve_init(init, width)
+        if path is None:
+            from sdk.session import default_artifacts
 
-        start = StudentStart(default_artifacts(list(classes), width), None, "default")
+            start = StudentStart(default_artifacts(list(classes), width, "none"), None, "random")
+        else:
+            how = "shipped" if init is None or str(init).lower() == "default" else "--init"
+            start = StudentStart(artifacts_from_init(path, classes, new_head=new_head), path, how)
+        log.info("the student starts from %s", describe_start(path))
     names = load_manifest(start.artifacts).class_names[1:]
     if list(names) != list(classes):
         raise ValueError(f"{start.artifacts} was exported for classes {names}, this evaluation uses {list(classes)}; "

@@ -12,7 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", default="person", help="comma-separated class groups, e.g. person,auto")
     parser.add_argument("--width", type=float, default=0.5, help="width multiplier (1.0 = the paper's ~3M params)")
     parser.add_argument("--size", default="384x640", help="HxW to export at (multiples of 32; any size runs)")
-    parser.add_argument("--init", type=Path, help="start from a pre-trained student (jitnet pretrain output)")
+    parser.add_argument("--init", default="default",
+                        help="weights to start from: default (the shipped pre-trained student), none (random) "
+                             "or a checkpoint from `jitnet pretrain`; its head is cut to --classes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial weights")
     parser.add_argument("--lr", type=float, default=DistillConfig.learning_rate)
     parser.add_argument("--momentum", type=float, default=DistillConfig.momentum)
@@ -21,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from export.artifacts import generate
     from export.jitnet import load_student
+    from export.pretrained import describe_start, resolve_init
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if not classes:
@@ -29,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
         h, w = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise SystemExit(f"--size must look like 384x640, got {args.size!r}") from None
-    model = load_student(args.init, width=args.width, num_classes=len(classes) + 1) if args.init else None
+    start = resolve_init(args.init, args.width)
+    model = None if start is None else load_student(start, width=args.width, classes=classes)
+    print(f"jitnet export: the student starts from {describe_start(start)}")
     manifest = generate(
         args.out,
         class_names=classes,

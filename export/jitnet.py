@@ -183,19 +183,120 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_student(model: JITNet, path: "str | os.PathLike[str]", **extra: object) -> None:
-    """A pre-trained student that `jitnet export --init` and the torch backend can start from."""
-    torch.save({"width": model.spec.width, "num_classes": model.spec.num_classes,
-                "state_dict": model.state_dict(), **extra}, path)
+BACKGROUND = "background"
+CHECKPOINT_FORMAT = 2
 
 
-def load_student(path: "str | os.PathLike[str]", *, width: float | None = None, num_classes: int | None = None) -> JITNet:
-    """Load a student saved by :func:`save_student`, checking it matches what is asked for."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if width is not None and abs(blob["width"] - width) > 1e-9:
-        raise ValueError(f"{path} holds a width-{blob['width']} student, not width {width}")
-    if num_classes is not None and blob["num_classes"] != num_classes:
-        raise ValueError(f"{path} has {blob['num_classes']} classes, not {num_classes}")
-    model = JITNet(JITNetSpec(blob["width"], blob["num_classes"]))
-    model.load_state_dict(blob["state_dict"])
-    return model
+class CheckpointError(ValueError):
+    """A student checkpoint cannot be used; the message is one line naming the file and what to do."""
+
+
+def _group_key(name: str) -> str:
+    return " ".join(str(name).strip().lower().replace("_", " ").replace("-", " ").split())
+
+
+def save_student(model: JITNet, path: "str | os.PathLike[str]", *, classes: "list[str] | None" = None,
+                 **extra: object) -> None:
+    """A pre-trained student that `jitnet export --init`, the SDK and the torch backend start from.
+
+    The head is stored per class group (``head[name] = {"weight", "bias"}``, background
+    included), so a student trained for person, auto, bike, animal can later be
+    exported for any subset of them, or for groups it never saw (a fresh channel).
+    """
+    names = list(classes) if classes is not None else [f"class{k}" for k in range(1, model.spec.num_classes)]
+    if len(names) + 1 != model.spec.num_classes:
+        raise ValueError(f"{len(names)} class names for a student with {model.spec.num_classes - 1} classes")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    weight, bias = state["logits.weight"], state["logits.bias"]
+    head = {name: {"weight": weight[k].clone(), "bias": bias[k].clone()}
+            for k, name in enumerate([BACKGROUND, *names])}
+    body = {k: v for k, v in state.items() if not k.startswith("logits.")}
+    torch.save({"format": CHECKPOINT_FORMAT, "width": model.spec.width, "num_classes": model.spec.num_classes,
+                "classes": names, "body": body, "head": head, **extra}, path)
+
+
+def read_checkpoint(path: "str | os.PathLike[str]") -> dict:
+    """The checkpoint's contents, or a one-line :class:`CheckpointError` saying what is wrong and what to do."""
+    what = "pass --init PATH to a file written by `jitnet pretrain`, --init default for the shipped student or --init none"
+    if not os.path.isfile(path):
+        raise CheckpointError(f"student checkpoint {path} does not exist; {what}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle and EOF errors all mean the same thing here
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"student checkpoint {path} is corrupt or not a torch file ({reason}); "
+                              f"re-download or re-run `jitnet pretrain`, or {what}") from None
+    if not isinstance(blob, dict) or "width" not in blob or not ("state_dict" in blob or "body" in blob):
+        raise CheckpointError(f"{path} is not a JITNet student checkpoint (no width/weights); {what}")
+    if "body" not in blob:  # format 1: one state dict, head in class order
+        sd = blob["state_dict"]
+        names = list(blob.get("classes") or [f"class{k}" for k in range(1, int(blob["num_classes"]))])
+        blob = dict(blob, body={k: v for k, v in sd.items() if not k.startswith("logits.")},
+                    head={n: {"weight": sd["logits.weight"][k], "bias": sd["logits.bias"][k]}
+                          for k, n in enumerate([BACKGROUND, *names])}, classes=names)
+    return blob
+
+
+@dataclass(frozen=True)
+class StudentStart:
+    """Which head channels came from the checkpoint and which are fresh."""
+
+    path: str
+    classes: tuple[str, ...]
+    trained: tuple[str, ...]
+    fresh: tuple[str, ...]
+
+
+def load_student(path: "str | os.PathLike[str]", *, width: float | None = None, num_classes: int | None = None,
+                 classes: "list[str] | None" = None, seed: int = 0) -> JITNet:
+    """Load a student saved by :func:`save_student`.
+
+    With ``classes`` the head is rebuilt for exactly those groups (background
+    first): channels of groups the checkpoint knows are its trained ones, any
+    other group gets a fresh channel (seeded, logged).  Without, the student
+    comes back with the checkpoint's own classes.
+    """
+    return load_student_start(path, width=width, num_classes=num_classes, classes=classes, seed=seed)[0]
+
+
+def load_student_start(path: "str | os.PathLike[str]", *, width: float | None = None, num_classes: int | None = None,
+                       classes: "list[str] | None" = None, seed: int = 0) -> "tuple[JITNet, StudentStart]":
+    """:func:`load_student`, plus which head channels are trained and which fresh."""
+    import logging
+
+    blob = read_checkpoint(path)
+    saved = list(blob["classes"])
+    if width is not None and abs(float(blob["width"]) - width) > 1e-9:
+        raise CheckpointError(f"{path} holds a width-{blob['width']:g} student, not width {width:g}; "
+                              f"pass --width {blob['width']:g} or another --init")
+    want = saved if classes is None else list(classes)
+    if num_classes is not None and len(want) + 1 != num_classes:
+        raise CheckpointError(f"{path} has {len(want) + 1} classes, not {num_classes}")
+    head = {_group_key(k): v for k, v in blob["head"].items()}
+    model = build_jitnet(float(blob["width"]), len(want) + 1, seed=seed)
+    state = model.state_dict()
+    try:
+        missing = [k for k in state if not k.startswith("logits.") and k not in blob["body"]]
+        if missing:
+            raise KeyError(missing[0])
+        body = {k: blob["body"][k] for k in state if not k.startswith("logits.")}
+        weight, bias = state["logits.weight"].clone(), state["logits.bias"].clone()
+        trained, fresh = [], []
+        for k, name in enumerate([BACKGROUND, *want]):
+            entry = head.get(_group_key(name))
+            if entry is None:
+                fresh.append(name)
+                continue
+            weight[k], bias[k] = entry["weight"], entry["bias"]
+            if k:
+                trained.append(name)
+        model.load_state_dict({**body, "logits.weight": weight, "logits.bias": bias})
+    except (KeyError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120]
+        raise CheckpointError(f"{path} does not fit a width-{blob['width']:g} JITNet ({reason}); "
+                              "re-run `jitnet pretrain` or pass another --init") from None
+    if fresh:
+        logging.getLogger(__name__).warning(
+            "%s has no trained head for %s (it knows %s): fresh channel(s), learned online", path,
+            ", ".join(fresh), ", ".join(saved))
+    return model, StudentStart(str(path), tuple(want), tuple(trained), tuple(fresh))

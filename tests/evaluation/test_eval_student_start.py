@@ -32,18 +32,19 @@ def test_init_checkpoint_is_exported_once_and_reported(tmp_path, monkeypatch):
     assert (again.artifacts / "manifest.json").stat().st_mtime_ns == stamp  # not exported twice
 
 
-def test_checkpoint_for_other_classes_gets_a_new_head_only_when_asked(tmp_path, monkeypatch):
+def test_checkpoint_for_other_classes_gets_a_fresh_channel_or_a_new_head_when_asked(tmp_path, monkeypatch):
     from export.jitnet import build_jitnet, save_student
 
     monkeypatch.setenv("JITNET_CACHE", str(tmp_path / "cache"))
     ckpt = tmp_path / "coco.pt"
     model = build_jitnet(0.5, 3, seed=1)
     save_student(model, ckpt, classes=["person", "auto"])
-    with pytest.raises(ValueError, match="pre-trained for classes"):
-        resolve_start(["object"], init=ckpt)
+    old = model.logits.weight.detach().numpy()
+    fresh = np.load(resolve_start(["object"], init=ckpt).artifacts / "initial_weights.npz")["logits.weight"]
+    np.testing.assert_array_equal(fresh[0], old[0])  # the background channel is kept
+    assert not any(np.allclose(fresh[1], row) for row in old[1:])  # "object" was never learnt: a fresh channel
     start = resolve_start(["object"], init=ckpt, new_head=True)
     weights = np.load(start.artifacts / "initial_weights.npz")
-    old = model.logits.weight.detach().numpy()
     assert weights["logits.weight"].shape[0] == 2
     np.testing.assert_allclose(weights["logits.weight"][0], old[0])
     np.testing.assert_allclose(weights["logits.weight"][1], old[1:].mean(0), rtol=1e-6)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.manifest import load_manifest
 from edge_agent.trainer import load_trainer
 from export.coco import CocoDataset
 from export.jitnet import load_student
@@ -38,7 +39,8 @@ def _blob(path):
 def test_pretraining_lowers_the_loss_and_records_it(pretrained):
     blob = _blob(pretrained)
     assert blob["classes"] == ["person", "auto"] and blob["num_classes"] == 3 and blob["width"] == 0.5
-    assert blob["epochs"] == 6 and blob["images"] == 12 and blob["size"] == [128, 224]
+    # 12 images have person or car, --val-images 2 of them are held out: 10 train
+    assert blob["epochs"] == 6 and blob["images"] == 10 and blob["size"] == [128, 224]
     history = blob["history"]
     assert [h["epoch"] for h in history] == list(range(7))
     assert math.isnan(history[0]["train_loss"])
@@ -61,10 +63,14 @@ def test_export_init_turns_the_checkpoint_into_artifacts_that_predict_like_it(pr
         ref = model(torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32)))[0].argmax(0).numpy()
     assert got.shape == (128, 224)
     assert (got == ref).mean() > 0.99
-    # A checkpoint for other classes: one line that says so, exit 2, nothing written.
+    # A subset of its classes is the same student with fewer head channels.
     assert main(["export", "--init", str(pretrained), "--classes", "person", "--width", "0.5",
+                 "--size", SIZE, "--out", str(tmp_path / "person")]) == 0
+    assert load_manifest(tmp_path / "person").class_names == ["background", "person"]
+    # Another width: one line that says so, exit 2, nothing written.
+    assert main(["export", "--init", str(pretrained), "--classes", "person", "--width", "1.0",
                  "--size", SIZE, "--out", str(tmp_path / "wrong")]) == 2
-    assert "3 classes" in capsys.readouterr().err
+    assert "width" in capsys.readouterr().err
     assert not (tmp_path / "wrong" / "manifest.json").exists()
 
 
@@ -72,9 +78,12 @@ def test_init_continues_from_the_checkpoint(pretrained, coco_root, tmp_path):
     out = tmp_path / "more.pt"
     assert main(["pretrain", "--coco", str(coco_root), "--epochs", "1", "--out", str(out), "--init", str(pretrained),
                  *COMMON]) == 0
-    with pytest.raises(SystemExit, match="pre-trained for classes"):
-        main(["pretrain", "--coco", str(coco_root), "--epochs", "1", "--out", str(out), "--init", str(pretrained),
-              *COMMON[:1], "auto,person", *COMMON[2:]])
+    # The groups in another order: the head channels follow their names.
+    assert main(["pretrain", "--coco", str(coco_root), "--epochs", "0", "--out", str(tmp_path / "swapped.pt"),
+                 "--init", str(pretrained), *COMMON[:1], "auto,person", *COMMON[2:]]) == 0
+    swapped, original = _blob(tmp_path / "swapped.pt"), _blob(pretrained)
+    for name in ("background", "person", "auto"):
+        assert torch.equal(swapped["head"][name]["weight"], original["head"][name]["weight"])
     before, after = _blob(pretrained)["history"], _blob(out)["history"]
     # Same student, same held-out views: epoch 0 of the new run is where the old one ended.
     assert after[0]["val_loss"] == pytest.approx(before[-1]["val_loss"], rel=1e-3)
