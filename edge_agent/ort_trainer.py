@@ -10,7 +10,8 @@ import numpy as np
 from core.manifest import ArtifactError, load_manifest
 from edge_agent.nchwc import nchwc_block_size, nchwc_graphs
 from edge_agent.inference_graph import with_uint8_io
-from edge_agent.student import StepResult, TrainBatch, check_image, restore_snapshot, save_snapshot, to_nchw
+from edge_agent.student import (StepResult, TrainBatch, check_image, restore_snapshot, save_snapshot, stage_snapshot,
+                                to_nchw)
 
 log = logging.getLogger(__name__)
 
@@ -249,10 +250,14 @@ class OrtTrainer:
     def save(self, state_dir: Path | str) -> Path:
         """Snapshot weights and optimizer state (momentum) atomically."""
 
-        def write(folder: Path) -> None:
-            self.api.CheckpointState.save_checkpoint(self.state, str(folder / "checkpoint"), include_optimizer_state=True)
+        return save_snapshot(self, state_dir, self._write_state)
 
-        return save_snapshot(self, state_dir, write)
+    def stage(self, state_dir: Path | str) -> "tuple[Path, dict]":
+        """Copy weights and optimizer state into a staging folder (see SnapshotWriter)."""
+        return stage_snapshot(self, state_dir, self._write_state)
+
+    def _write_state(self, folder: Path) -> None:
+        self.api.CheckpointState.save_checkpoint(self.state, str(folder / "checkpoint"), include_optimizer_state=True)
 
     def restore(self, state_dir: Path | str) -> bool:
         """Load the newest intact snapshot; False when there is none."""

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 META = "snapshot.json"
 PREFIX = "snapshot-"
 LOCK = ".lock"
+
+# Staging folders this process has filled but not yet published (a background
+# writer's queue): leftover cleanup must not take them for a dead writer's.
+_STAGED: set[Path] = set()
+_STAGED_LOCK = threading.Lock()
 
 
 class StateLocked(RuntimeError):
@@ -141,16 +147,47 @@ class SnapshotStore:
         with StateLock(self.root):
             return self._save_locked(write, meta)
 
-    def _save_locked(self, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
-        existing = self.snapshots()
-        number = int(existing[0].name[len(PREFIX):]) + 1 if existing else 1
+    def stage(self, write: Callable[[Path], None]) -> Path:
+        """Fill a new staging folder now with ``write(folder)``: the copy that :meth:`publish` makes durable.
+
+        The trainer's state is copied here on the caller's thread (it must not
+        change mid-copy); checksums, fsyncs and the atomic rename can then run
+        on a background writer, off the frame thread.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{os.getpid()}-{time.monotonic_ns()}"
         tmp.mkdir()
+        with _STAGED_LOCK:
+            _STAGED.add(tmp)
         try:
             write(tmp)
-            files = {str(p.relative_to(tmp)): _digest(p) for p in _files(tmp)}
-            if not files:
+            if not _files(tmp):
                 raise RuntimeError("snapshot writer wrote no files")
+        except BaseException:
+            self.discard(tmp)
+            raise
+        return tmp
+
+    def discard(self, staged: Path) -> None:
+        with _STAGED_LOCK:
+            _STAGED.discard(staged)
+        shutil.rmtree(staged, ignore_errors=True)
+
+    def publish(self, staged: Path, meta: dict[str, Any]) -> Path:
+        """Checksum, sync and rename a staged folder into the next snapshot (any thread)."""
+        if StateLock.held(self.root) is not None:
+            return self._publish_locked(staged, meta)
+        with StateLock(self.root):
+            return self._publish_locked(staged, meta)
+
+    def _save_locked(self, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
+        return self._publish_locked(self.stage(write), meta)
+
+    def _publish_locked(self, tmp: Path, meta: dict[str, Any]) -> Path:
+        existing = self.snapshots()
+        number = int(existing[0].name[len(PREFIX):]) + 1 if existing else 1
+        try:
+            files = {str(p.relative_to(tmp)): _digest(p) for p in _files(tmp)}
             record = {**meta, "files": files, "saved_at": time.time()}
             (tmp / META).write_text(json.dumps(record, indent=2, sort_keys=True))
             for p in [*_files(tmp), tmp / META]:
@@ -161,8 +198,11 @@ class SnapshotStore:
             os.replace(tmp, final)
             _fsync_dir(self.root)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            self.discard(tmp)
             raise
+        finally:
+            with _STAGED_LOCK:
+                _STAGED.discard(tmp)
         for old in self.snapshots()[self.keep:]:
             # Rename first (atomic), delete after: a crash mid-delete leaves
             # a hidden trash folder, never a published snapshot with files missing.
@@ -181,8 +221,10 @@ class SnapshotStore:
         Called with the lock held, so no other writer is alive: every leftover
         is stale, whatever PID (or PID namespace) its name carries.
         """
+        with _STAGED_LOCK:
+            staged = set(_STAGED)
         for p in self.root.iterdir():
-            if p.name.startswith((".trash-", ".tmp-")):
+            if p.name.startswith((".trash-", ".tmp-")) and p not in staged:
                 shutil.rmtree(p, ignore_errors=True)
 
     def verify(self, snapshot: Path) -> Optional[dict[str, Any]]:

@@ -43,6 +43,7 @@ class Trainer(Protocol):
     def step(self, batch: TrainBatch) -> StepResult: ...
     def train_step(self, image: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> StepResult: ...
     def save(self, state_dir: Path | str) -> Path: ...
+    def stage(self, state_dir: Path | str) -> "tuple[Path, dict]": ...
     def restore(self, state_dir: Path | str) -> bool: ...
 
 
@@ -104,8 +105,54 @@ class TrainBatch:
 
 def save_snapshot(trainer: Trainer, state_dir: Path | str, write) -> Path:
     """Publish a snapshot written by ``write(folder)``, stamped with what student it holds."""
-    meta = {"backend": trainer.backend, "steps": trainer.steps, **_identity(trainer.manifest)}
-    return SnapshotStore(state_dir).save(write, meta)
+    return SnapshotStore(state_dir).save(write, _meta(trainer))
+
+
+def stage_snapshot(trainer: Trainer, state_dir: Path | str, write) -> "tuple[Path, dict]":
+    """Copy the state now (``write(folder)``); :class:`SnapshotWriter` publishes it later."""
+    return SnapshotStore(state_dir).stage(write), _meta(trainer)
+
+
+def _meta(trainer: Trainer) -> dict:
+    return {"backend": trainer.backend, "steps": trainer.steps, **_identity(trainer.manifest)}
+
+
+class SnapshotWriter:
+    """Snapshots written by one background thread from a copy, so the frame thread pays only the copy.
+
+    ``save`` copies the trainer's state into a staging folder on the calling
+    thread (where the trainer is used, so the copy is consistent) and queues
+    the checksums, fsyncs and atomic publish; ``flush`` waits for them.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="snapshot-writer")
+        self._pending: list = []
+
+    def save(self, trainer: Trainer, state_dir: Path | str):
+        """A Future of the published snapshot's path (its exception if publishing failed)."""
+        staged, meta = trainer.stage(state_dir)
+        future = self._executor.submit(SnapshotStore(state_dir).publish, staged, meta)
+        self._pending = [f for f in self._pending if not f.done()] + [future]
+        return future
+
+    def busy(self) -> bool:
+        return any(not f.done() for f in self._pending)
+
+    def flush(self) -> None:
+        """Wait for every queued snapshot; a failed one is logged, not raised (the next save retries)."""
+        for future in self._pending:
+            try:
+                future.result()
+            except Exception as exc:
+                log.warning("a background snapshot failed: %s", exc)
+        self._pending = []
+
+    def close(self) -> None:
+        self.flush()
+        self._executor.shutdown(wait=True)
 
 
 def latest_snapshot(trainer: Trainer, state_dir: Path | str):

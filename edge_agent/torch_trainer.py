@@ -13,7 +13,8 @@ from typing import Optional
 import numpy as np
 
 from core.manifest import ArtifactError, load_manifest
-from edge_agent.student import StepResult, TrainBatch, check_image, restore_snapshot, save_snapshot, to_nchw
+from edge_agent.student import (StepResult, TrainBatch, check_image, restore_snapshot, save_snapshot, stage_snapshot,
+                                to_nchw)
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,13 @@ class TorchTrainer:
         return StepResult(float(loss.detach()), logits.detach()[0].cpu().numpy())
 
     def save(self, state_dir: Path | str) -> Path:
-        def write(folder: Path) -> None:
-            self.torch.save(
-                {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, folder / "state.pt"
-            )
+        return save_snapshot(self, state_dir, self._write_state)
 
-        return save_snapshot(self, state_dir, write)
+    def stage(self, state_dir: Path | str) -> "tuple[Path, dict]":
+        return stage_snapshot(self, state_dir, self._write_state)
+
+    def _write_state(self, folder: Path) -> None:
+        self.torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, folder / "state.pt")
 
     def restore(self, state_dir: Path | str) -> bool:
         import copy

@@ -149,3 +149,32 @@ def test_a_stray_folder_named_like_a_snapshot_is_ignored_not_fatal(tmp_path):
     assert store.snapshots() == [second, first]
     assert store.latest()[1]["step"] == 2
     assert (tmp_path / "snapshot-old").is_dir()  # not ours: left alone
+
+
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_background_snapshot_holds_the_state_at_the_copy(artifacts, tmp_path, backend):
+    """The background writer publishes what was copied when save() was called, even though the
+    trainer goes on training while it writes, and a synchronous save meanwhile keeps its staged copy."""
+    from edge_agent.student import SnapshotWriter
+
+    image, labels, weights = _real_example("dog", 0, scale=0.25)
+    trainer = load_trainer(artifacts, backend=backend, threads=1)
+    trainer.train_step(image, labels, weights)
+    at_copy = trainer.predict_logits(image)
+    writer = SnapshotWriter()
+    staged, meta = trainer.stage(tmp_path)  # what writer.save does first, here split to interleave a save
+    trainer.train_step(image, labels, weights)
+    trainer.save(tmp_path)  # cleans leftovers under the lock: must not take the staged copy for one
+    assert staged.is_dir()
+    published = writer._executor.submit(SnapshotStore(tmp_path).publish, staged, meta).result()
+    future = writer.save(trainer, tmp_path)
+    trainer.train_step(image, labels, weights)
+    writer.close()
+    assert future.result().name > published.name and not staged.exists()
+
+    fresh = load_trainer(artifacts, backend=backend, threads=1)
+    assert fresh.restore(tmp_path) and fresh.steps == 2  # the newest: copied after the second step
+    shutil.rmtree(future.result())
+    other = load_trainer(artifacts, backend=backend, threads=1)
+    assert other.restore(tmp_path) and other.steps == 1  # the background one, published after a later save
+    assert np.array_equal(other.predict_logits(image), at_copy)
