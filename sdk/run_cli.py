@@ -38,7 +38,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="live mode (default for cameras and URLs) or replay (default for files)")
     parser.add_argument("--degraded-ok", action="store_true",
                         help="start even if the teacher does not answer (segment with the current student)")
+    add_field_arguments(parser)
     add_common_arguments(parser)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_field_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a camera left running for weeks needs: reconnects, bandwidth, metrics."""
+    from sdk.session import SessionOptions as O
+
+    parser.add_argument("--stall-s", type=float, default=O.stall_s,
+                        help="reopen a live source that delivers no frame for this many seconds (default %(default)s)")
+    parser.add_argument("--max-reconnects", type=_positive_int, default=O.max_reconnects,
+                        help="reconnect attempts in a row before a live source ends with an error (default: forever)")
+    parser.add_argument("--metrics-port", type=_positive_int, default=None,
+                        help="serve Prometheus /metrics and /healthz on this port")
+    parser.add_argument("--teacher-max-side", type=_positive_int, default=O.teacher_max_side,
+                        help="longest side of the frames sent to the teacher, labels upsampled back "
+                             "(0 = full size; default %(default)s)")
+    parser.add_argument("--jpeg-quality", type=int, default=O.jpeg_quality, choices=range(1, 101), metavar="1..100",
+                        help="JPEG quality of the frames sent to the teacher (default %(default)s)")
 
 
 def open_session(args: argparse.Namespace, teacher: str, *, strict: bool = True):
@@ -57,7 +82,16 @@ def open_session(args: argparse.Namespace, teacher: str, *, strict: bool = True)
         camera_id=getattr(args, "camera_id", "cam0"),
         root_cert=getattr(args, "root_cert", None),
         strict=strict,
+        **field_options(args),
     )
+
+
+def field_options(args: argparse.Namespace) -> dict:
+    """The SessionOptions of add_field_arguments, for commands that have them."""
+    if not hasattr(args, "stall_s"):
+        return {}
+    return {"stall_s": args.stall_s, "max_reconnects": args.max_reconnects, "metrics_port": args.metrics_port,
+            "teacher_max_side": args.teacher_max_side or None, "jpeg_quality": args.jpeg_quality}
 
 
 def print_summary(summary: dict, path: Path | None) -> None:

@@ -62,8 +62,20 @@ class SessionOptions:
     token: Optional[str] = None
     root_cert: Optional[Path] = None
     teacher_timeout_s: float = 30.0
+    #: Ray Serve application of a `--engine ray` teacher; None: sent ("jitnet-teacher") only if its proxy asks.
+    application: Optional[str] = None
     #: Raise at connect() when the teacher does not answer; False = run degraded.
     strict: bool = True
+    #: A live source with no frame for this long is reopened (exponential back-off).
+    stall_s: float = 5.0
+    #: Reconnect attempts in a row before a live source ends with StreamError; None = forever.
+    max_reconnects: Optional[int] = None
+    #: Longest side of the frames sent to the teacher (labels are upsampled back); None = full size.
+    teacher_max_side: Optional[int] = None
+    jpeg_quality: int = 90
+    #: Serve Prometheus metrics and /healthz on this port (0 = any free port; see session.metrics.url).
+    metrics_port: Optional[int] = None
+    metrics_host: str = "0.0.0.0"
 
 
 class Session:
@@ -75,6 +87,9 @@ class Session:
         self.config, self.options = config, options
         self._server = None
         self.teacher = None
+        self._state_lock = None
+        self.metrics = None
+        self.stream = None
         self.teacher_info: dict[str, Any] = {}
         self.url = teacher_url
         try:
@@ -83,7 +98,14 @@ class Session:
             artifacts = options.artifacts or default_artifacts(options.classes, options.width)
             self.trainer = load_trainer(artifacts, backend=options.backend, device=options.device, threads=options.threads)
             if options.state_dir is not None:
+                from edge_agent.state import StateLock
+
+                self._state_lock = StateLock(options.state_dir).acquire()  # one agent per state dir
                 self.trainer.restore(options.state_dir)
+            if options.metrics_port is not None:
+                from sdk.agent_metrics import AgentMetrics
+
+                self.metrics = AgentMetrics(camera_id=options.camera_id).serve(options.metrics_port, options.metrics_host)
             if self.url:
                 self._connect_teacher()
         except BaseException:
@@ -104,7 +126,8 @@ class Session:
 
         o = self.options
         self.teacher = TeacherClient(self.url, token=o.token, root_cert=o.root_cert, camera_id=o.camera_id,
-                                     timeout_s=o.teacher_timeout_s)
+                                     max_side=o.teacher_max_side, jpeg_quality=o.jpeg_quality,
+                                     timeout_s=o.teacher_timeout_s, application=o.application)
         try:
             info = self.teacher.info(deadline_s=min(5.0, o.teacher_timeout_s))
             self.teacher_info = {"model": info.model_name, "version": info.model_version}
@@ -124,11 +147,21 @@ class Session:
         *,
         live: Optional[bool] = None,
         max_frames: Optional[int] = None,
+        **stream_options: Any,
     ) -> Iterator[FrameResult]:
-        """Segment every frame of ``stream`` (path, camera index, URL, or iterable of RGB frames)."""
+        """Segment every frame of ``stream`` (path, camera index, URL, or iterable of RGB frames).
+
+        A live source that drops comes back (``stall_s``, ``max_reconnects``) with
+        this same student and controller; ``stream_options`` go to open_stream (fps, resize, ...).
+        """
         from sdk.streams import open_stream
 
-        with open_stream(stream, live=live, max_frames=max_frames) as frames:
+        stream_options.setdefault("stall_s", self.options.stall_s)
+        stream_options.setdefault("max_reconnects", self.options.max_reconnects)
+        with open_stream(stream, live=live, max_frames=max_frames, **stream_options) as frames:
+            self.stream = frames
+            if self.metrics is not None:
+                self.metrics.attach_stream(frames)
             self.stream_info = {"description": frames.description, "fps": frames.fps, "live": frames.live,
                                 "frame_count": frames.frame_count}
             self.agent = DistillationAgent(self.trainer, self.teacher, self.config, live=frames.live)
@@ -136,6 +169,10 @@ class Session:
             try:
                 for frame in frames:
                     result = self.agent.process(frame.index, frame.image_rgb)
+                    result.source_state, result.reconnects = frames.state, frames.reconnects
+                    result.timings["latency_ms"] = (time.monotonic() - frame.captured_at) * 1e3
+                    if self.metrics is not None:
+                        self.metrics.observe(result, self.agent.health.total_failures)
                     self._maybe_save()
                     yield result
             finally:
@@ -155,6 +192,12 @@ class Session:
         return path
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
         if self.teacher is not None:
             self.teacher.close()
             self.teacher = None

@@ -153,13 +153,15 @@ class _Reader:
 class _CaptureReader(_Reader):
     source_is_bgr = True
 
-    def __init__(self, target: Union[str, int], kind: str, open_timeout_s: float) -> None:
+    def __init__(self, target: Union[str, int], kind: str, open_timeout_s: float,
+                 stall_s: Optional[float] = None) -> None:
         self.kind = kind
         self.is_device = kind in ("camera", "url")
         if kind == "url":
             self.description = _redact(str(target))
             ms = int(open_timeout_s * 1000)
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            read_ms = int((stall_s or open_timeout_s) * 1000)  # a read that waits longer is a stall
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_ms]
             cap = cv2.VideoCapture(str(target), cv2.CAP_FFMPEG, params)
         else:
             self.description = f"camera {target}" if kind == "camera" else str(target)
@@ -262,6 +264,74 @@ class _FolderReader(_Reader):
         return image
 
 
+class _ReconnectingReader(_Reader):
+    """A live source that comes back: a failed read, an end or a stall closes and reopens it.
+
+    Reopening backs off exponentially (``delays``: first, max), forever unless
+    ``max_reconnects`` bounds the attempts in a row without a frame.  ``state``
+    is ``ok`` or ``reconnecting``; ``reconnects`` counts the times it came back.
+    """
+
+    def __init__(self, open_reader, first: _Reader, *, max_reconnects: Optional[int],
+                 delays: tuple[float, float], stop: Optional[threading.Event] = None) -> None:
+        self._open = open_reader
+        self._inner: Optional[_Reader] = first
+        self.description = first.description
+        self.source_is_bgr = first.source_is_bgr
+        self.is_device = first.is_device
+        self.fps = first.fps
+        self.max_reconnects = max_reconnects
+        self.delays = delays
+        self.stop = stop or threading.Event()
+        self.state = "ok"
+        self.reconnects = 0
+        self.last_error: Optional[str] = None
+
+    def read(self) -> Optional[np.ndarray]:
+        attempts = 0
+        while not self.stop.is_set():
+            if self._inner is not None:
+                try:
+                    image = self._inner.read()
+                    why = "the stream ended" if image is None else None
+                except Exception as exc:  # noqa: BLE001 - a broken read is one more reason to reconnect
+                    image, why = None, f"read failed ({exc})"
+                if image is not None:
+                    if self.state != "ok":
+                        self.state = "ok"
+                        self.reconnects += 1
+                        log.warning("%s: back after %d attempt(s) (reconnect %d)",
+                                    self.description, attempts, self.reconnects)
+                    return image
+                self._inner.release()
+                self._inner = None
+                self.state, self.last_error = "reconnecting", why
+                log.warning("%s: %s; reconnecting", self.description, why)
+            if self.max_reconnects is not None and attempts >= self.max_reconnects:
+                raise StreamError(
+                    f"{self.description}: gave up after {attempts} reconnect attempt(s) ({self.last_error}); "
+                    "check the camera and the network, or raise --max-reconnects"
+                )
+            delay = min(self.delays[1], self.delays[0] * 2 ** attempts)
+            attempts += 1
+            if self.stop.wait(delay):
+                break
+            try:
+                self._inner = self._open()
+                log.info("%s: reopened (attempt %d)", self.description, attempts)
+            except Exception as exc:  # noqa: BLE001
+                self.last_error = str(exc)
+                log.warning("%s: reconnect attempt %d failed (%s); next in %.1f s", self.description, attempts,
+                            exc, min(self.delays[1], self.delays[0] * 2 ** attempts))
+        return None
+
+    def release(self) -> None:
+        self.stop.set()
+        if self._inner is not None:
+            self._inner.release()
+            self._inner = None
+
+
 def _redact(url: str) -> str:
     """Hide a password in rtsp://user:pass@host so it never reaches logs."""
     scheme, sep, rest = url.partition("://")
@@ -271,7 +341,7 @@ def _redact(url: str) -> str:
     return url
 
 
-def _make_reader(source: Source, open_timeout_s: float) -> _Reader:
+def _make_reader(source: Source, open_timeout_s: float, stall_s: Optional[float] = None) -> _Reader:
     if isinstance(source, bool):
         raise TypeError("source must be a path, a camera index, a URL or an iterable of frames, got a bool")
     if isinstance(source, (int, np.integer)):
@@ -279,7 +349,7 @@ def _make_reader(source: Source, open_timeout_s: float) -> _Reader:
     if isinstance(source, str) and source.strip().isdigit():
         return _CaptureReader(int(source.strip()), "camera", open_timeout_s)
     if isinstance(source, str) and source.lower().startswith(URL_SCHEMES):
-        return _CaptureReader(source, "url", open_timeout_s)
+        return _CaptureReader(source, "url", open_timeout_s, stall_s)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if not path.exists():
@@ -334,6 +404,19 @@ class FrameStream:
         self._thread: Optional[threading.Thread] = None
         self._ended = False
         self._error: Optional[BaseException] = None
+        if isinstance(reader, _ReconnectingReader):
+            reader.stop = self._stop  # close() interrupts a back-off wait
+
+    @property
+    def state(self) -> str:
+        """``ok``, ``reconnecting`` (a live source that dropped) or ``ended``."""
+        if self._ended or self._exhausted or self._closed:
+            return "ended"
+        return getattr(self._reader, "state", "ok")
+
+    @property
+    def reconnects(self) -> int:
+        return getattr(self._reader, "reconnects", 0)
 
     # -- public ----------------------------------------------------------------
     @property
@@ -462,6 +545,10 @@ def open_stream(
     fps: Optional[float] = None,
     buffer_size: int = 1,
     open_timeout_s: float = 10.0,
+    stall_s: float = 5.0,
+    reconnect: Optional[bool] = None,
+    max_reconnects: Optional[int] = None,
+    reconnect_delays_s: tuple[float, float] = (0.5, 30.0),
 ) -> FrameStream:
     """Open a frame source; errors surface here, not at the first frame.
 
@@ -475,8 +562,17 @@ def open_stream(
     fps: overrides the source's frame rate (timestamps, live pacing); arrays
         and folders default to 30.
     buffer_size: frames kept for the consumer in live mode (1 = newest only).
-    open_timeout_s: connect and read timeout for network streams.
+    open_timeout_s: connect timeout for network streams.
+    stall_s: a network stream that delivers no frame for this long is reopened.
+    reconnect: reopen a live source (URL, camera) that fails, ends or stalls, with
+        exponential back-off (``reconnect_delays_s``: first, max); default on
+        for cameras and URLs.  Files and arrays end at their end.
+    max_reconnects: attempts in a row without a frame before StreamError; None = forever.
     """
+    if stall_s <= 0:
+        raise ValueError(f"stall_s must be > 0, got {stall_s}")
+    if max_reconnects is not None and max_reconnects < 0:
+        raise ValueError(f"max_reconnects must be >= 0, got {max_reconnects}")
     if max_frames is not None and max_frames < 0:
         raise ValueError(f"max_frames must be >= 0, got {max_frames}")
     if fps is not None and fps <= 0:
@@ -484,9 +580,14 @@ def open_stream(
     if buffer_size < 1:
         raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
     resize = _check_resize(resize)
-    reader = _make_reader(source, open_timeout_s)
+    reader = _make_reader(source, open_timeout_s, stall_s)
     if live is None:
         live = reader.is_device
+    if reconnect is None:
+        reconnect = reader.is_device
+    if reconnect and reader.is_device:
+        reader = _ReconnectingReader(lambda: _make_reader(source, open_timeout_s, stall_s), reader,
+                                     max_reconnects=max_reconnects, delays=reconnect_delays_s)
     log.debug("opened %s (%s)", reader.description, "live" if live else "replay")
     return FrameStream(reader, live=live, max_frames=max_frames, resize=resize, fps=fps, buffer_size=buffer_size)
 
