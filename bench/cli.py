@@ -8,6 +8,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "train": ("bench.train", "ORT vs PyTorch eager: inference and train step"),
     "teacher": ("bench.teacher", "teacher server throughput and latency, batching on/off"),
     "agent": ("bench.agent", "agent vs teacher-on-every-frame: compute, IoU, teacher share"),
+    "fleet": ("bench.fleet", "cameras sharing one teacher in video time: fair turns vs need-aware scheduling"),
 }
 
 

@@ -41,3 +41,5 @@ class TeacherLabels:
     #: Serialized sizes on the wire: the request that was answered (frame up) and the answer (labels down).
     bytes_up: int = 0
     bytes_down: int = 0
+    #: The teacher is saturated: stretch the interval to the next teacher frame by this factor (1 = no change).
+    stride_stretch: float = 1.0

@@ -11,6 +11,7 @@ stops segmentation in either mode.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from core.config import DistillConfig
 from core.geometry import Geometry, check_frame
 from core.labels import TeacherLabels
 from core.metrics import mean_iou
+from core.need import NeedSignal
 from core.targets import box_weights
 from edge_agent.stride import AdaptiveStride
 from edge_agent.student import TrainBatch, Trainer
@@ -93,6 +95,8 @@ class _Lesson:
     accuracy_before: float
     accuracy: float
     updates: int = 0
+    #: The teacher's stride-stretch hint that came with the answer (1 = none).
+    stretch: float = 1.0
 
 
 def check_config_matches(config: DistillConfig, manifest: Any) -> None:
@@ -167,6 +171,10 @@ class DistillationAgent:
         # (key, weights version, prediction): one forward per frame and per update, never two
         # for the same image at the same weights (replay's last accuracy check is the frame's own).
         self._last_prediction: Optional[tuple[int, int, np.ndarray]] = None
+        #: Accuracy on the last teacher frame before training on it (the need signal's accuracy).
+        self._last_unseen: Optional[float] = None
+        #: Teacher frames whose answer asked for a longer interval (the teacher was saturated).
+        self.stretched = 0
         self.frames = 0
         self.teacher_frames = 0
         self.updates = 0
@@ -207,11 +215,24 @@ class DistillationAgent:
         return result
 
     # -- teacher ---------------------------------------------------------------
+    def need(self, index: int) -> NeedSignal:
+        """What this student tells a shared teacher about itself when it asks at frame ``index``."""
+        history = self.controller.history
+        last = self.controller.last_teacher_frame
+        return NeedSignal(
+            accuracy=self._last_unseen,
+            threshold=self.config.accuracy_threshold,
+            failed=bool(history) and not history[-1].success,
+            stride=self.controller.stride,
+            frames_since_teacher=0 if last is None else max(0, index - last),
+        )
+
     def _ask_teacher(self, index: int, frame: np.ndarray, image: np.ndarray, result: FrameResult, timings: dict) -> None:
         threshold = self.config.score_threshold
+        extra = {"need": self.need(index)} if getattr(self.teacher, "accepts_need", False) else {}
         if self.live:
             try:
-                future = self.teacher.submit(frame, self.groups, frame_index=index, score_threshold=threshold)
+                future = self.teacher.submit(frame, self.groups, frame_index=index, score_threshold=threshold, **extra)
             except Exception as exc:  # e.g. a closed client: segmentation goes on, the teacher is retried later
                 self.health.failed(exc, time.monotonic())
                 return
@@ -220,7 +241,7 @@ class DistillationAgent:
             return
         start = time.perf_counter()
         try:
-            labels = self.teacher.label(frame, self.groups, frame_index=index, score_threshold=threshold)
+            labels = self.teacher.label(frame, self.groups, frame_index=index, score_threshold=threshold, **extra)
         except Exception as exc:  # like live mode: a bug or a broken channel must not end segment()
             self.health.failed(exc, time.monotonic())
             return
@@ -284,7 +305,8 @@ class DistillationAgent:
     def _accept(self, index: int, labels: TeacherLabels, targets: _Targets, result: FrameResult) -> None:
         self.health.ok()
         accuracy = self._accuracy(self._predict(index, targets.image, None), targets.labels, targets.valid)
-        self._lesson = _Lesson(index, targets, accuracy, accuracy)
+        self._lesson = _Lesson(index, targets, accuracy, accuracy, stretch=float(getattr(labels, "stride_stretch", 1.0) or 1.0))
+        self._last_unseen = accuracy
         self.teacher_frames += 1
         result.teacher_labelled = True
         result.bytes_up, result.bytes_down = labels.bytes_up, labels.bytes_down
@@ -308,6 +330,9 @@ class DistillationAgent:
         timings["train_ms"] += (time.perf_counter() - start) * 1e3
         if not self.controller.should_update(lesson.updates, lesson.accuracy):
             self.controller.finish(lesson.index, lesson.accuracy, lesson.updates, lesson.accuracy_before)
+            if lesson.stretch > 1.0:  # a saturated teacher asked for a longer interval: honour it once
+                self.stretched += 1
+                self.controller.defer(lesson.index + math.ceil(self.controller.stride * lesson.stretch))
             result.teacher_index = lesson.index
             result.accuracy_after = lesson.accuracy
             self._lesson = None

@@ -181,6 +181,15 @@ class _TeacherSchedule:
         """Forget a pending request (teacher unreachable): the next frame is due again."""
         self._pending = None
 
+    def defer(self, until: int) -> int:
+        """Ask the teacher no sooner than frame ``until`` (a saturated teacher's stretch hint); returns next_due.
+
+        The stride itself is unchanged: only this one interval is longer.
+        """
+        if until > self._next_due:
+            self._next_due = int(until)
+        return self._next_due
+
     def summary(self) -> dict[str, Any]:
         """Counters over the whole run (not only the bounded history)."""
         n = self._teacher_frames

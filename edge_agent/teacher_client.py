@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 
 from core.labels import RETRY_AFTER_KEY, Instance, TeacherLabels
+from core.need import NeedSignal
 from protos import teacher_pb2, teacher_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,17 @@ def labels_from_response(response: teacher_pb2.LabelResponse) -> TeacherLabels:
             "total_ms": t.total_ms,
             "batch_size": float(t.batch_size),
         },
+        stride_stretch=max(1.0, float(response.stride_stretch)),
     )
+
+
+def need_message(need: NeedSignal) -> teacher_pb2.StudentNeed:
+    """The wire form of the student's need (accuracy left unset before the first teacher frame)."""
+    msg = teacher_pb2.StudentNeed(threshold=float(need.threshold), failed=bool(need.failed),
+                                  stride=max(0, int(need.stride)), frames_since_teacher=max(0, int(need.frames_since_teacher)))
+    if need.accuracy is not None:
+        msg.accuracy = float(need.accuracy)
+    return msg
 
 
 def check_answer(labels: TeacherLabels, groups: Sequence[str]) -> None:
@@ -186,6 +197,9 @@ class TeacherClient:
     >>> with TeacherClient("grpc://127.0.0.1:50051", camera_id="cam0") as teacher:
     ...     labels = teacher.label(frame_rgb, ["person", "auto"], frame_index=42)
     """
+
+    #: label() and submit() take need= (core.need.NeedSignal): the agent sends its student's need.
+    accepts_need = True
 
     def __init__(
         self,
@@ -267,6 +281,7 @@ class TeacherClient:
         frame_index: int,
         score_threshold: Optional[float] = None,
         deadline_s: Optional[float] = None,
+        need: Optional[NeedSignal] = None,
     ) -> TeacherLabels:
         """Teacher labels for one RGB uint8 frame; `deadline_s` bounds the whole call, retries included.
 
@@ -276,7 +291,7 @@ class TeacherClient:
         frame_rgb = np.asarray(frame_rgb)
         full_hw = frame_rgb.shape[:2]
         sent = shrink_to_max_side(frame_rgb, self.max_side)
-        request = self.request(sent, groups, frame_index=frame_index, score_threshold=score_threshold)
+        request = self.request(sent, groups, frame_index=frame_index, score_threshold=score_threshold, need=need)
         labels = self.send(request, deadline_s=deadline_s)
         if sent.shape[:2] != full_hw and labels.label_map.shape == sent.shape[:2]:
             labels = upsample_labels(labels, full_hw)
@@ -411,7 +426,8 @@ class TeacherClient:
         """Raw LabelStream for callers that pipeline many frames on one connection."""
         return self._stub.LabelStream(iter(requests), timeout=timeout_s, metadata=self._metadata)
 
-    def request(self, frame_rgb: np.ndarray, groups: Sequence[str], *, frame_index: int, score_threshold: Optional[float] = None) -> teacher_pb2.LabelRequest:
+    def request(self, frame_rgb: np.ndarray, groups: Sequence[str], *, frame_index: int, score_threshold: Optional[float] = None,
+                need: Optional[NeedSignal] = None) -> teacher_pb2.LabelRequest:
         """A LabelRequest for this camera (for stream())."""
         fields: dict[str, Any] = dict(
             camera_id=self.camera_id, frame_index=int(frame_index), groups=list(groups),
@@ -419,6 +435,8 @@ class TeacherClient:
         )
         if score_threshold is not None:
             fields["score_threshold"] = float(score_threshold)
+        if need is not None:
+            fields["need"] = need_message(need)
         return teacher_pb2.LabelRequest(**fields)
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/teacher.proto\x12\x11jitnet.teacher.v1\"I\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"\xc0\x01\n\x0cLabelRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x04\x12\x11\n\x07\x65ncoded\x18\x03 \x01(\x0cH\x00\x12*\n\x03raw\x18\x04 \x01(\x0b\x32\x1b.jitnet.teacher.v1.RawImageH\x00\x12\x0e\n\x06groups\x18\x05 \x03(\t\x12\x1c\n\x0fscore_threshold\x18\x06 \x01(\x02H\x01\x88\x01\x01\x42\x07\n\x05imageB\x12\n\x10_score_threshold\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"v\n\x08Instance\x12#\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x16.jitnet.teacher.v1.Box\x12\r\n\x05group\x18\x02 \x01(\t\x12\x13\n\x0bgroup_index\x18\x03 \x01(\r\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x12\n\nclass_name\x18\x05 \x01(\t\"\x95\x01\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x02\x12\x10\n\x08queue_ms\x18\x02 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x02\x12\x16\n\x0epostprocess_ms\x18\x04 \x01(\x02\x12\x11\n\tencode_ms\x18\x05 \x01(\x02\x12\x10\n\x08total_ms\x18\x06 \x01(\x02\x12\x12\n\nbatch_size\x18\x07 \x01(\r\">\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x03 \x01(\r\"\xae\x02\n\rLabelResponse\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x04\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x15\n\rlabel_map_png\x18\x05 \x01(\x0c\x12\x0e\n\x06groups\x18\x06 \x03(\t\x12.\n\tinstances\x18\x07 \x03(\x0b\x32\x1b.jitnet.teacher.v1.Instance\x12\x12\n\nmodel_name\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\x12+\n\x07timings\x18\n \x01(\x0b\x32\x1a.jitnet.teacher.v1.Timings\x12\'\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x18.jitnet.teacher.v1.Error\"\r\n\x0bInfoRequest\"*\n\tGroupInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\t\"\xce\x01\n\x0cInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12,\n\x06groups\x18\x03 \x03(\x0b\x32\x1c.jitnet.teacher.v1.GroupInfo\x12\x1f\n\x17\x64\x65\x66\x61ult_score_threshold\x18\x04 \x01(\x02\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\r\x12\x11\n\tmax_queue\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x32\xf7\x01\n\x07Teacher\x12J\n\x05Label\x12\x1f.jitnet.teacher.v1.LabelRequest\x1a .jitnet.teacher.v1.LabelResponse\x12T\n\x0bLabelStream\x12\x1f.jitnet.teacher.v1.LabelRequest\x1a .jitnet.teacher.v1.LabelResponse(\x01\x30\x01\x12J\n\x07GetInfo\x12\x1e.jitnet.teacher.v1.InfoRequest\x1a\x1f.jitnet.teacher.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/teacher.proto\x12\x11jitnet.teacher.v1\"I\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"\xfc\x01\n\x0cLabelRequest\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x04\x12\x11\n\x07\x65ncoded\x18\x03 \x01(\x0cH\x00\x12*\n\x03raw\x18\x04 \x01(\x0b\x32\x1b.jitnet.teacher.v1.RawImageH\x00\x12\x0e\n\x06groups\x18\x05 \x03(\t\x12\x1c\n\x0fscore_threshold\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x31\n\x04need\x18\x07 \x01(\x0b\x32\x1e.jitnet.teacher.v1.StudentNeedH\x02\x88\x01\x01\x42\x07\n\x05imageB\x12\n\x10_score_thresholdB\x07\n\x05_need\"\x82\x01\n\x0bStudentNeed\x12\x15\n\x08\x61\x63\x63uracy\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\tthreshold\x18\x02 \x01(\x02\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x08\x12\x0e\n\x06stride\x18\x04 \x01(\r\x12\x1c\n\x14\x66rames_since_teacher\x18\x05 \x01(\rB\x0b\n\t_accuracy\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"v\n\x08Instance\x12#\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x16.jitnet.teacher.v1.Box\x12\r\n\x05group\x18\x02 \x01(\t\x12\x13\n\x0bgroup_index\x18\x03 \x01(\r\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x12\n\nclass_name\x18\x05 \x01(\t\"\x95\x01\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x02\x12\x10\n\x08queue_ms\x18\x02 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x02\x12\x16\n\x0epostprocess_ms\x18\x04 \x01(\x02\x12\x11\n\tencode_ms\x18\x05 \x01(\x02\x12\x10\n\x08total_ms\x18\x06 \x01(\x02\x12\x12\n\nbatch_size\x18\x07 \x01(\r\">\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x03 \x01(\r\"\xc6\x02\n\rLabelResponse\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x02 \x01(\x04\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x15\n\rlabel_map_png\x18\x05 \x01(\x0c\x12\x0e\n\x06groups\x18\x06 \x03(\t\x12.\n\tinstances\x18\x07 \x03(\x0b\x32\x1b.jitnet.teacher.v1.Instance\x12\x12\n\nmodel_name\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\x12+\n\x07timings\x18\n \x01(\x0b\x32\x1a.jitnet.teacher.v1.Timings\x12\'\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x18.jitnet.teacher.v1.Error\x12\x16\n\x0estride_stretch\x18\x0c \x01(\x02\"\r\n\x0bInfoRequest\"*\n\tGroupInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\t\"\xce\x01\n\x0cInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12,\n\x06groups\x18\x03 \x03(\x0b\x32\x1c.jitnet.teacher.v1.GroupInfo\x12\x1f\n\x17\x64\x65\x66\x61ult_score_threshold\x18\x04 \x01(\x02\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\r\x12\x11\n\tmax_queue\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x32\xf7\x01\n\x07Teacher\x12J\n\x05Label\x12\x1f.jitnet.teacher.v1.LabelRequest\x1a .jitnet.teacher.v1.LabelResponse\x12T\n\x0bLabelStream\x12\x1f.jitnet.teacher.v1.LabelRequest\x1a .jitnet.teacher.v1.LabelResponse(\x01\x30\x01\x12J\n\x07GetInfo\x12\x1e.jitnet.teacher.v1.InfoRequest\x1a\x1f.jitnet.teacher.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RAWIMAGE']._serialized_start=43
   _globals['_RAWIMAGE']._serialized_end=116
   _globals['_LABELREQUEST']._serialized_start=119
-  _globals['_LABELREQUEST']._serialized_end=311
-  _globals['_BOX']._serialized_start=313
-  _globals['_BOX']._serialized_end=366
-  _globals['_INSTANCE']._serialized_start=368
-  _globals['_INSTANCE']._serialized_end=486
-  _globals['_TIMINGS']._serialized_start=489
-  _globals['_TIMINGS']._serialized_end=638
-  _globals['_ERROR']._serialized_start=640
-  _globals['_ERROR']._serialized_end=702
-  _globals['_LABELRESPONSE']._serialized_start=705
-  _globals['_LABELRESPONSE']._serialized_end=1007
-  _globals['_INFOREQUEST']._serialized_start=1009
-  _globals['_INFOREQUEST']._serialized_end=1022
-  _globals['_GROUPINFO']._serialized_start=1024
-  _globals['_GROUPINFO']._serialized_end=1066
-  _globals['_INFORESPONSE']._serialized_start=1069
-  _globals['_INFORESPONSE']._serialized_end=1275
-  _globals['_TEACHER']._serialized_start=1278
-  _globals['_TEACHER']._serialized_end=1525
+  _globals['_LABELREQUEST']._serialized_end=371
+  _globals['_STUDENTNEED']._serialized_start=374
+  _globals['_STUDENTNEED']._serialized_end=504
+  _globals['_BOX']._serialized_start=506
+  _globals['_BOX']._serialized_end=559
+  _globals['_INSTANCE']._serialized_start=561
+  _globals['_INSTANCE']._serialized_end=679
+  _globals['_TIMINGS']._serialized_start=682
+  _globals['_TIMINGS']._serialized_end=831
+  _globals['_ERROR']._serialized_start=833
+  _globals['_ERROR']._serialized_end=895
+  _globals['_LABELRESPONSE']._serialized_start=898
+  _globals['_LABELRESPONSE']._serialized_end=1224
+  _globals['_INFOREQUEST']._serialized_start=1226
+  _globals['_INFOREQUEST']._serialized_end=1239
+  _globals['_GROUPINFO']._serialized_start=1241
+  _globals['_GROUPINFO']._serialized_end=1283
+  _globals['_INFORESPONSE']._serialized_start=1286
+  _globals['_INFORESPONSE']._serialized_end=1492
+  _globals['_TEACHER']._serialized_start=1495
+  _globals['_TEACHER']._serialized_end=1742
 # @@protoc_insertion_point(module_scope)

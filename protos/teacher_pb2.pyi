@@ -19,20 +19,36 @@ class RawImage(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class LabelRequest(_message.Message):
-    __slots__ = ("camera_id", "frame_index", "encoded", "raw", "groups", "score_threshold")
+    __slots__ = ("camera_id", "frame_index", "encoded", "raw", "groups", "score_threshold", "need")
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    NEED_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     frame_index: int
     encoded: bytes
     raw: RawImage
     groups: _containers.RepeatedScalarFieldContainer[str]
     score_threshold: float
-    def __init__(self, camera_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., groups: _Optional[_Iterable[str]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
+    need: StudentNeed
+    def __init__(self, camera_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., groups: _Optional[_Iterable[str]] = ..., score_threshold: _Optional[float] = ..., need: _Optional[_Union[StudentNeed, _Mapping]] = ...) -> None: ...
+
+class StudentNeed(_message.Message):
+    __slots__ = ("accuracy", "threshold", "failed", "stride", "frames_since_teacher")
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_SINCE_TEACHER_FIELD_NUMBER: _ClassVar[int]
+    accuracy: float
+    threshold: float
+    failed: bool
+    stride: int
+    frames_since_teacher: int
+    def __init__(self, accuracy: _Optional[float] = ..., threshold: _Optional[float] = ..., failed: _Optional[bool] = ..., stride: _Optional[int] = ..., frames_since_teacher: _Optional[int] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x0", "y0", "x1", "y1")
@@ -89,7 +105,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class LabelResponse(_message.Message):
-    __slots__ = ("camera_id", "frame_index", "height", "width", "label_map_png", "groups", "instances", "model_name", "model_version", "timings", "error")
+    __slots__ = ("camera_id", "frame_index", "height", "width", "label_map_png", "groups", "instances", "model_name", "model_version", "timings", "error", "stride_stretch")
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +117,7 @@ class LabelResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_STRETCH_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     frame_index: int
     height: int
@@ -112,7 +129,8 @@ class LabelResponse(_message.Message):
     model_version: str
     timings: Timings
     error: Error
-    def __init__(self, camera_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., label_map_png: _Optional[bytes] = ..., groups: _Optional[_Iterable[str]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    stride_stretch: float
+    def __init__(self, camera_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., label_map_png: _Optional[bytes] = ..., groups: _Optional[_Iterable[str]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., stride_stretch: _Optional[float] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

@@ -50,6 +50,10 @@ class Job:
     #: Filled in when the job's batch runs.
     started_at: Optional[float] = None
     batch_size: int = 0
+    #: The student's need (core.need.NeedSignal) when the request carried one; the `need` policy ranks by it.
+    need: Optional[Any] = None
+    #: Set by the `need` policy when the teacher is saturated: the answer's stride_stretch hint.
+    stride_stretch: float = 1.0
 
 
 class FairQueue:
@@ -215,6 +219,7 @@ class DynamicBatcher:
         max_queue_per_camera: Optional[int] = None,
         on_batch: Optional[BatchHook] = None,
         name: str = "teacher-batcher",
+        policy: str = "fair",
         deadline_admission: bool = True,
     ) -> None:
         if max_batch < 1:
@@ -229,7 +234,11 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self._process = process
         self._on_batch = on_batch
-        self._queue = FairQueue(max_queue, min(per_camera, max_queue))
+        from teacher_server.scheduling import make_queue  # the policies build on FairQueue
+
+        #: Who is served first when frames wait: fair (round-robin) or need (teacher_server.scheduling).
+        self.policy = policy
+        self._queue = make_queue(policy, max_queue, min(per_camera, max_queue))
         self._cond = threading.Condition()
         self._accepting = False
         self._stopping = False
@@ -280,9 +289,9 @@ class DynamicBatcher:
             self._thread.join()
 
     # -- producers -----------------------------------------------------------------------
-    def submit(self, camera_id: str, payload: Any, deadline: Optional[float] = None) -> Job:
+    def submit(self, camera_id: str, payload: Any, deadline: Optional[float] = None, need: Optional[Any] = None) -> Job:
         """Queue one job; raises QueueFull (with a retry-after hint) or ShuttingDown."""
-        job = Job(camera_id=camera_id, payload=payload, deadline=deadline)
+        job = Job(camera_id=camera_id, payload=payload, deadline=deadline, need=need)
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("the teacher is shutting down; try another server or retry later")

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-delay-ms", type=float, default=10.0, help="how long a frame may wait for others to batch with")
     parser.add_argument("--max-queue", type=int, default=64, help="frames waiting at most; then RESOURCE_EXHAUSTED + retry-after")
     parser.add_argument("--max-queue-per-camera", type=int, default=None, help="frames one camera may have waiting (default max-queue/4)")
+    parser.add_argument("--policy", default="fair", choices=("fair", "need"),
+                        help="who is served first when frames wait: fair (round-robin) or need (the camera whose "
+                             "student is furthest below its threshold; aging-bounded; stride-stretch hints when saturated)")
     parser.add_argument("--max-message-mb", type=float, default=32.0, help="largest request accepted, MiB")
     parser.add_argument("--max-pixels", type=int, default=None, help="largest frame accepted, pixels (default DCI 4K, 4096x2160)")
     parser.add_argument("--max-frame-mb", type=float, default=1024.0, help="decoded frames held at once, MiB (decoding, queued, computing)")
@@ -110,6 +113,7 @@ def server_config(args: argparse.Namespace) -> "ServerConfig":
         tls_key=args.tls_key,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         metrics_host=args.metrics_host,
+        policy=args.policy,
     )
 
 

@@ -84,6 +84,8 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     #: Run one frame through the model before serving, so the first camera is not slow.
     warmup: bool = True
+    #: Who is served first when frames wait: fair (round-robin) | need (furthest below threshold; scheduling.py).
+    policy: str = "fair"
 
 
 @dataclass
@@ -191,6 +193,7 @@ def start_server(
         max_queue_per_camera=config.max_queue_per_camera,
         deadline_admission=config.deadline_admission,
         on_batch=lambda size, seconds: metrics_holder["m"].observe_batch(size, seconds),
+        policy=config.policy,
     )
     metrics = TeacherMetrics(queue_depth=batcher.queue_depth)
     metrics_holder["m"] = metrics

@@ -28,6 +28,7 @@ from core.groups import GroupError, GroupSpec, known_groups, resolve_groups
 from teacher_server.labeler import LabelResult
 from teacher_server.limits import CallLimiter, LimitExceeded
 from teacher_server.metrics import TeacherMetrics
+from teacher_server.scheduling import need_from_request
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +431,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
             remaining = context.time_remaining()
             deadline = time.monotonic() + remaining if remaining is not None else None
             try:
-                job = self.batcher.submit(request.camera_id, payload, deadline)
+                job = self.batcher.submit(request.camera_id, payload, deadline, need=need_from_request(request))
             except QueueFull as exc:
                 raise _Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry later", exc.retry_after_s) from None
             except ShuttingDown as exc:
@@ -500,6 +501,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
                 total_ms=(now - start) * 1e3,
                 batch_size=job.batch_size,
             ),
+            stride_stretch=job.stride_stretch if job.stride_stretch > 1.0 else 0.0,
         )
 
     @staticmethod

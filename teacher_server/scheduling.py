@@ -1,0 +1,153 @@
+"""Who the teacher serves next when it cannot serve everyone: queue policies.
+
+``fair`` (batcher.FairQueue) gives every camera an equal turn whatever its
+student needs. ``need`` (NeedQueue, this file) spends the teacher where it buys
+accuracy: among the cameras waiting, the one whose student is furthest below
+its threshold goes first. Three rules keep that honest:
+
+- aging: a request that has waited ``max_wait_s`` goes before any other
+  (oldest first), so a camera whose student is doing well still gets answers;
+- share: only a camera's oldest request competes on need, and a request sent
+  sooner than the camera's own stride says (frames since its last teacher frame
+  below its stride) ranks behind every on-time one: flooding buys no more than
+  the camera's turn;
+- stretch: when a request has waited a large part of the camera's interval
+  between requests, its answer asks the camera to stretch its next interval
+  (``stride_stretch``), so demand falls to what the teacher can serve instead of
+  requests piling up or failing.
+
+Both queues have the same interface and are driven by the times they are
+given (jobs' ``enqueued_at`` and ``now``), never by a clock of their own, so a
+simulation in video time (bench/fleet.py) runs the very same code.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from core.need import NeedSignal
+from teacher_server.batcher import FairQueue, Job
+
+POLICIES = ("fair", "need")
+
+
+def need_from_request(request: Any) -> Optional[NeedSignal]:
+    """The NeedSignal a LabelRequest carries, or None when an older agent sent none."""
+    if not request.HasField("need"):
+        return None
+    n = request.need
+    return NeedSignal(
+        accuracy=float(n.accuracy) if n.HasField("accuracy") else None,
+        threshold=float(n.threshold),
+        failed=bool(n.failed),
+        stride=int(n.stride),
+        frames_since_teacher=int(n.frames_since_teacher),
+    )
+
+
+class NeedQueue(FairQueue):
+    """Per-camera FIFO queues; the camera furthest below its threshold is served first.
+
+    Not thread-safe on its own (DynamicBatcher holds its lock around every call).
+    Admission, bounds and eviction are FairQueue's; only the serving order and
+    the stretch hint differ.
+    """
+
+    def __init__(self, max_total: int, max_per_camera: int, *, max_wait_s: float = 2.0,
+                 max_stretch: float = 4.0, min_wait_fraction: float = 0.1) -> None:
+        super().__init__(max_total, max_per_camera)
+        if max_wait_s <= 0:
+            raise ValueError(f"max_wait_s must be > 0, got {max_wait_s}")
+        if max_stretch < 1:
+            raise ValueError(f"max_stretch must be >= 1, got {max_stretch}")
+        self.max_wait_s = float(max_wait_s)
+        self.max_stretch = float(max_stretch)
+        self.min_wait_fraction = float(min_wait_fraction)
+        self._last_put: dict[str, float] = {}
+        #: Smoothed seconds between a camera's requests (what its stride means in time).
+        self._interval: dict[str, float] = {}
+
+    def put(self, job: Job) -> Optional[Job]:
+        evicted = super().put(job)
+        camera = job.camera_id
+        last = self._last_put.get(camera)
+        if last is not None and job.enqueued_at > last:
+            gap = job.enqueued_at - last
+            old = self._interval.get(camera)
+            self._interval[camera] = gap if old is None else 0.7 * old + 0.3 * gap
+        self._last_put[camera] = job.enqueued_at
+        return evicted
+
+    # -- serving order -------------------------------------------------------------------
+    @staticmethod
+    def early(job: Job) -> bool:
+        """Sent sooner than the camera's own stride says (flooding)."""
+        need = job.need
+        return need is not None and need.frames_since_teacher > 0 and need.frames_since_teacher < need.stride
+
+    def _rank(self, heads: list[Job], now: float) -> list[Job]:
+        """Heads in serving order: overdue oldest first, then on-time by need, then early ones by age."""
+        known = [j.need.deficit for j in heads if j.need is not None]
+        average = sum(known) / len(known) if known else 0.0
+
+        def key(job: Job) -> tuple:
+            waited = now - job.enqueued_at
+            if waited >= self.max_wait_s:
+                return (0, -waited)
+            if self.early(job):
+                return (2, job.enqueued_at)
+            need = job.need
+            deficit = need.deficit if need is not None else average
+            overdue = (need.frames_since_teacher / need.stride) if need is not None and need.stride else 1.0
+            return (1, -deficit, -overdue, job.enqueued_at)
+
+        return sorted(heads, key=key)
+
+    def pop_batch(self, max_size: int, now: float) -> tuple[list[Job], list[Job]]:
+        batch: list[Job] = []
+        expired: list[Job] = []
+        while self._queues and len(batch) < max_size:
+            heads = [q[0] for q in self._queues.values() if q]
+            job = self._rank(heads, now)[0]
+            self._remove_head(job.camera_id)
+            if job.future.cancelled():
+                continue
+            if job.deadline is not None and job.deadline <= now:
+                expired.append(job)
+                continue
+            job.stride_stretch = self.stretch_for(job, now)
+            batch.append(job)
+        return batch, expired
+
+    def stretch_for(self, job: Job, now: float) -> float:
+        """How much longer the camera should wait before its next request (1 = as its stride says).
+
+        A request that waited w seconds from a camera asking every I seconds
+        says the teacher serves that camera about once per I + w: asking at that
+        pace keeps its share without queueing.
+        """
+        interval = self._interval.get(job.camera_id)
+        waited = now - job.enqueued_at
+        if interval is None or interval <= 0 or waited <= self.min_wait_fraction * interval:
+            return 1.0
+        return min(self.max_stretch, 1.0 + waited / interval)
+
+    def _remove_head(self, camera: str) -> None:
+        q = self._queues[camera]
+        q.popleft()
+        self._total -= 1
+        self._forget_if_empty(camera)
+
+    def forget_camera(self, camera: str) -> None:
+        """Drop what is remembered of a camera's pace (it disconnected)."""
+        self._last_put.pop(camera, None)
+        self._interval.pop(camera, None)
+
+
+def make_queue(policy: str, max_total: int, max_per_camera: int, **options: Any) -> FairQueue:
+    """The queue of a policy name (``fair`` | ``need``); options go to NeedQueue."""
+    if policy == "fair":
+        return FairQueue(max_total, max_per_camera)
+    if policy == "need":
+        return NeedQueue(max_total, max_per_camera, **options)
+    raise ValueError(f"unknown queue policy {policy!r}; use one of {', '.join(POLICIES)}")
+
