@@ -111,4 +111,5 @@ def run(args: argparse.Namespace) -> int:
                              max_frames=args.max_frames, progress=not args.no_progress)
     print("summary:")
     print_summary(summary, args.summary)
-    return 130 if summary.get("interrupted") else 0
+    # SIGTERM is a requested stop (exit 0: supervisors read it as clean); Ctrl-C is 130 as shells expect.
+    return 130 if summary.get("interrupted") and not summary.get("terminated") else 0
