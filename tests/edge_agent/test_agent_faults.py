@@ -108,8 +108,8 @@ def test_sigterm_mid_run_leaves_a_state_that_restores(artifacts, tmp_path):
     assert proc.poll() is None, proc.stdout.read()[-3000:]
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out[-3000:]
-    assert "interrupted" in out
+    assert proc.returncode == 0, out[-3000:]  # SIGTERM is a requested stop, not an error
+    assert "terminated (SIGTERM)" in out
     found = SnapshotStore(state).latest()
     assert found is not None, out[-3000:]
     steps = found[1]["steps"]
