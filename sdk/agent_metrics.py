@@ -144,7 +144,7 @@ class AgentMetrics:
         return "\n".join(lines) + "\n"
 
     # -- the server --------------------------------------------------------------------------
-    def serve(self, port: int, host: str = "0.0.0.0") -> "AgentMetrics":
+    def serve(self, port: int, host: str = "127.0.0.1") -> "AgentMetrics":
         """Serve on ``host:port`` from a daemon thread (port 0: any free port, see ``url``)."""
         metrics = self
 

@@ -59,6 +59,8 @@ def add_field_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reconnect attempts in a row before a live source ends with an error (default: forever)")
     parser.add_argument("--metrics-port", type=_positive_int, default=None,
                         help="serve Prometheus /metrics and /healthz on this port")
+    parser.add_argument("--metrics-host", default=O.metrics_host,
+                        help="address the metrics listen on (default %(default)s; 0.0.0.0 for a remote Prometheus)")
     parser.add_argument("--teacher-max-side", type=_positive_int, default=O.teacher_max_side,
                         help="longest side of the frames sent to the teacher, labels upsampled back "
                              "(0 = full size; default %(default)s)")
@@ -91,6 +93,7 @@ def field_options(args: argparse.Namespace) -> dict:
     if not hasattr(args, "stall_s"):
         return {}
     return {"stall_s": args.stall_s, "max_reconnects": args.max_reconnects, "metrics_port": args.metrics_port,
+            "metrics_host": args.metrics_host,
             "teacher_max_side": args.teacher_max_side or None, "jpeg_quality": args.jpeg_quality}
 
 

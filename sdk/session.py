@@ -75,7 +75,8 @@ class SessionOptions:
     jpeg_quality: int = 90
     #: Serve Prometheus metrics and /healthz on this port (0 = any free port; see session.metrics.url).
     metrics_port: Optional[int] = None
-    metrics_host: str = "0.0.0.0"
+    #: Where they listen: this machine only unless told ("0.0.0.0" for a Prometheus elsewhere).
+    metrics_host: str = "127.0.0.1"
 
 
 class Session:
