@@ -5,6 +5,15 @@ DAVIS frames back to back (closed loop); the cameras run in a separate process
 from the server, which listens on a free localhost port.
 For every camera count the same backend is served twice, with max_batch=1
 (batching off) and with dynamic batching, and the JSON holds one row each.
+
+`--overload X` measures something else: goodput, the answers delivered
+within their deadline per second. It measures capacity (closed loop, as
+above), then offers X times that rate open loop (frames are sent on schedule
+whether or not earlier ones were answered, as cameras do) with `--deadline-s`
+deadlines, to the server with deadline admission and with the old rule
+(admit while the queue has room), alternating, and reports for each:
+answered in time, refused (RESOURCE_EXHAUSTED), expired (DEADLINE_EXCEEDED),
+goodput / capacity and latency percentiles.
 """
 from __future__ import annotations
 
@@ -39,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", default="1", help="comma-separated Ray replica counts (the native server is one)")
     parser.add_argument("--threads-per-replica", type=int, default=None, help="torch threads per model, both engines (fleet comparison)")
     parser.add_argument("--probe", type=int, default=10, help="fleet comparison: sequential frames that measure per-request overhead")
+    # Goodput under overload (see the module docstring).
+    parser.add_argument("--overload", type=float, default=None,
+                        help="offer this multiple of the measured capacity, open loop; compares deadline admission with the old rule")
+    parser.add_argument("--deadline-s", type=float, default=1.0, help="--overload: each frame's deadline")
+    parser.add_argument("--overload-cameras", type=int, default=32, help="--overload: cameras sharing the offered rate")
+    parser.add_argument("--capacity-seconds", type=float, default=15.0, help="--overload: closed-loop seconds that measure capacity")
 
 
 def _davis_root(arg: Optional[str]) -> Path:
@@ -183,6 +198,149 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _open_loop_process(url: str, frames: list[tuple[bytes, str]], cameras: int, rate: float, seconds: float,
+                       deadline_s: float, conn: Any) -> None:
+    """Runs in its own process: frames sent on a fixed schedule (`rate` per second over all cameras),
+    each with `deadline_s`, without waiting for answers; one record per frame."""
+    import grpc
+
+    from edge_agent.teacher_client import _parse_url
+    from protos import teacher_pb2, teacher_pb2_grpc
+
+    target, _ = _parse_url(url)
+    channels = [grpc.insecure_channel(target) for _ in range(cameras)]
+    stubs = [teacher_pb2_grpc.TeacherStub(ch) for ch in channels]
+    for c, stub in enumerate(stubs):  # connect every camera before the clock starts
+        stub.GetInfo(teacher_pb2.InfoRequest(), timeout=60)
+    records: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    outstanding = threading.Semaphore(0)
+    conn.send("start")
+    t0 = time.monotonic()
+    sent = 0
+    while True:
+        due = t0 + sent / rate
+        if due - t0 >= seconds:
+            break
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        c = sent % cameras
+        data, group = frames[sent % len(frames)]
+        request = teacher_pb2.LabelRequest(camera_id=f"cam{c}", frame_index=sent, encoded=data, groups=[group])
+        start = time.monotonic()
+        future = stubs[c].Label.future(request, timeout=deadline_s)
+
+        def done(call: Any, start: float = start) -> None:
+            code = call.code()
+            with lock:
+                records.append((code.name if code != grpc.StatusCode.OK else "OK", time.monotonic() - start))
+            outstanding.release()
+
+        future.add_done_callback(done)
+        sent += 1
+    elapsed = time.monotonic() - t0
+    for _ in range(sent):
+        outstanding.acquire(timeout=deadline_s + 30)
+    conn.send((records, elapsed))
+    for ch in channels:
+        ch.close()
+
+
+def _goodput_row(records: list[tuple[str, float]], elapsed: float, capacity: float, deadline_s: float) -> dict[str, Any]:
+    ok = [s for code, s in records if code == "OK" and s <= deadline_s]
+    refused = [s for code, s in records if code == "RESOURCE_EXHAUSTED"]
+    expired = sum(1 for code, _ in records if code == "DEADLINE_EXCEEDED")
+    return {
+        "offered": len(records),
+        "offered_fps": len(records) / elapsed,
+        "answered_in_time": len(ok),
+        "refused": len(refused),
+        "expired": expired,
+        "other": len(records) - len(ok) - len(refused) - expired,
+        "goodput_fps": len(ok) / elapsed,
+        "goodput_of_capacity": len(ok) / elapsed / capacity if capacity else float("nan"),
+        "p50_ms": _percentile(ok, 50) * 1e3,
+        "p99_ms": _percentile(ok, 99) * 1e3,
+        "refusal_p50_ms": _percentile(refused, 50) * 1e3,
+        "seconds": elapsed,
+    }
+
+
+def run_overload(args: argparse.Namespace, backend: Any, frames: list[tuple[bytes, str]]) -> dict[str, Any]:
+    """Capacity closed loop, then X times it open loop: deadline admission vs the old rule, alternating."""
+    import multiprocessing
+
+    from teacher_server.server import start_server
+
+    limits = dict(port=0, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, warmup=False)
+    cameras = args.overload_cameras
+    handle = start_server(backend, **limits, max_queue=max(64, 4 * cameras))
+    try:
+        closed = measure(handle.url, frames, min(cameras, 16), args.capacity_seconds, handle)
+    finally:
+        handle.stop(grace=30)
+    capacity = sum(len(lat) for lat in closed["latencies"]) / closed["elapsed"]
+    rate = args.overload * capacity
+    print(f"capacity {capacity:.2f} frames/s (closed loop, {min(cameras, 16)} cameras); offering {rate:.2f}/s "
+          f"over {cameras} cameras with {args.deadline_s:g} s deadlines", flush=True)
+    ctx = multiprocessing.get_context("spawn")
+    runs: dict[str, list[tuple[list, float]]] = {"deadline": [], "queue": []}
+    server: dict[str, dict[str, float]] = {a: {"computed": 0, "dropped_uncomputed": 0, "refused_late": 0, "busy_s": 0.0}
+                                           for a in runs}
+    for _ in range(args.rounds):
+        for admission in ("queue", "deadline"):
+            handle = start_server(backend, **limits, max_queue=max(64, 4 * cameras), deadline_admission=admission == "deadline")
+            stats_before = (handle.stats.computed, handle.stats.expired + handle.stats.cancelled,
+                            handle.stats.refused_late, handle.stats.busy_s)
+            try:
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_open_loop_process, daemon=True,
+                                   args=(handle.url, frames, cameras, rate, args.seconds / args.rounds, args.deadline_s, child))
+                proc.start()
+                if not parent.poll(300) or parent.recv() != "start":
+                    raise RuntimeError("the camera process did not start")
+                if not parent.poll(args.seconds + 300):
+                    raise RuntimeError("the camera process did not finish")
+                runs[admission].append(parent.recv())
+                proc.join(30)
+                after = (handle.stats.computed, handle.stats.expired + handle.stats.cancelled,
+                         handle.stats.refused_late, handle.stats.busy_s)
+                for key, a, b in zip(("computed", "dropped_uncomputed", "refused_late", "busy_s"), after, stats_before):
+                    server[admission][key] += a - b
+            finally:
+                handle.stop(grace=30)
+    rows = []
+    for admission in ("queue", "deadline"):
+        records = [r for recs, _ in runs[admission] for r in recs]
+        elapsed = sum(e for _, e in runs[admission])
+        row = {"admission": admission, **_goodput_row(records, elapsed, capacity, args.deadline_s),
+               "server": {**server[admission], "busy": server[admission]["busy_s"] / elapsed}}
+        rows.append(row)
+        print(
+            f"admission={admission:8s} offered={row['offered_fps']:5.2f}/s goodput={row['goodput_fps']:5.2f}/s "
+            f"({row['goodput_of_capacity']:.0%} of capacity) in-time={row['answered_in_time']} refused={row['refused']} "
+            f"expired={row['expired']} other={row['other']} p50={row['p50_ms']:.0f} ms p99={row['p99_ms']:.0f} ms "
+            f"refusal p50={row['refusal_p50_ms']:.0f} ms; server computed={row['server']['computed']:.0f} "
+            f"dropped uncomputed={row['server']['dropped_uncomputed']:.0f} busy={row['server']['busy']:.0%}",
+            flush=True,
+        )
+    return {"capacity_fps": capacity, "overload": args.overload, "offered_fps": rate, "deadline_s": args.deadline_s,
+            "cameras": cameras, "rows": rows}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def run(args: argparse.Namespace) -> int:
     if args.engine != "grpc" or args.replicas != "1" or args.threads_per_replica is not None:
         from bench.teacher_fleet import run as run_fleet
@@ -201,6 +359,14 @@ def run(args: argparse.Namespace) -> int:
     frames = load_frames(_davis_root(args.davis_root), args.frames)
     backend = load_backend(args.backend, weights=args.weights, device=args.device)
     backend.warmup()
+    if args.overload is not None:
+        report = {"backend": backend.name, "device": backend.device, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+                  "torch_threads": torch.get_num_threads(), "max_batch": args.max_batch,
+                  "loadavg_1min": os.getloadavg()[0], **run_overload(args, backend, frames)}
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(report, indent=2))
+            print(f"wrote {args.json_path}")
+        return 0
     rows = []
     # Off and on alternate, in `rounds` slices, for each camera count, so changes in
     # machine load during the run affect both sides of each comparison alike.

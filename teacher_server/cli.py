@@ -5,6 +5,7 @@ import argparse
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics HTTP port (-1 = off)")
     parser.add_argument("--metrics-host", default="127.0.0.1",
                         help="address /metrics listens on (plain HTTP, no auth: keep it local or behind a proxy)")
+    parser.add_argument("--metrics-token-file", default=None, help="file holding a bearer token that /metrics then requires")
+    parser.add_argument("--metrics-tls", action="store_true", help="serve /metrics over HTTPS with --tls-cert/--tls-key")
     parser.add_argument("--health-port", type=int, default=None,
                         help="serve gRPC health checks on this local port too (with --tokens the only place they are)")
     parser.add_argument("--health-host", default="127.0.0.1", help="address of --health-port")
@@ -113,6 +116,8 @@ def server_config(args: argparse.Namespace) -> "ServerConfig":
         tls_key=args.tls_key,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         metrics_host=args.metrics_host,
+        metrics_token=Path(args.metrics_token_file).read_text().strip() if args.metrics_token_file else None,
+        metrics_tls=args.metrics_tls,
         policy=args.policy,
     )
 

@@ -1,10 +1,15 @@
 """Prometheus metrics of one teacher server (own registry, so servers in one process stay apart)."""
 from __future__ import annotations
 
+import hmac
 import logging
-from typing import Callable, Optional
+import ssl
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Iterable, Optional
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +52,21 @@ class TeacherMetrics:
         if seconds is not None:
             self.latency.observe(seconds)
 
-    def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
-        """Expose /metrics over HTTP; returns the port (useful when port=0)."""
-        httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve_http(self, port: int, host: str = "127.0.0.1", *, token: Optional[str] = None,
+                   certfile: Optional[str] = None, keyfile: Optional[str] = None) -> int:
+        """Expose /metrics over HTTP (HTTPS with certfile/keyfile; `Authorization: Bearer token` required
+        when token is set); returns the port (useful when port=0)."""
+        app = make_wsgi_app(self.registry)
+        if token:
+            app = _require_bearer(app, token)
+        httpd = make_server(host, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
+        if certfile:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certfile, keyfile)
+            # The handshake runs on the request's own thread, so a client that never speaks TLS
+            # cannot stall the accept loop.
+            httpd.socket = context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+        threading.Thread(target=httpd.serve_forever, name="teacher-metrics", daemon=True).start()
         self._http = httpd
         return int(httpd.server_address[1])
 
@@ -58,3 +75,25 @@ class TeacherMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        log.debug("metrics: " + format, *args)
+
+
+def _require_bearer(app: Callable, token: str) -> Callable:
+    expected = f"Bearer {token}".encode()
+
+    def guarded(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode()
+        if not hmac.compare_digest(given, expected):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+            return [b"missing or invalid bearer token\n"]
+        return app(environ, start_response)
+
+    return guarded

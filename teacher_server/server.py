@@ -82,6 +82,10 @@ class ServerConfig:
     #: HTTP port for Prometheus /metrics; None = off, 0 = a free port.
     metrics_port: Optional[int] = None
     metrics_host: str = "127.0.0.1"
+    #: /metrics answers only `Authorization: Bearer <metrics_token>` when set.
+    metrics_token: Optional[str] = None
+    #: Serve /metrics over HTTPS with tls_cert / tls_key.
+    metrics_tls: bool = False
     #: Run one frame through the model before serving, so the first camera is not slow.
     warmup: bool = True
     #: Who is served first when frames wait: fair (round-robin) | need (furthest below threshold; scheduling.py).
@@ -99,6 +103,7 @@ class ServerHandle:
     batcher: DynamicBatcher
     metrics: TeacherMetrics
     metrics_port: Optional[int]
+    metrics_tls: bool
     _server: grpc.Server = field(repr=False)
     _health: health.HealthServicer = field(repr=False)
     _servicer: TeacherServicer = field(repr=False)
@@ -121,7 +126,8 @@ class ServerHandle:
 
     @property
     def metrics_url(self) -> Optional[str]:
-        return None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
+        scheme = "https" if self.metrics_tls else "http"
+        return None if self.metrics_port is None else f"{scheme}://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def stats(self) -> BatcherStats:
@@ -274,7 +280,15 @@ def start_server(
         health_server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    metrics_port = metrics.serve_http(config.metrics_port, config.metrics_host) if config.metrics_port is not None else None
+    metrics_port = None
+    if config.metrics_port is not None:
+        if config.metrics_tls and not (config.tls_cert and config.tls_key):
+            raise ValueError("metrics over TLS needs the server's certificate and key (--tls-cert, --tls-key)")
+        metrics_port = metrics.serve_http(
+            config.metrics_port, config.metrics_host, token=config.metrics_token,
+            certfile=str(config.tls_cert) if config.metrics_tls else None,
+            keyfile=str(config.tls_key) if config.metrics_tls else None,
+        )
     handle = ServerHandle(
         host=config.host,
         port=port,
@@ -283,6 +297,7 @@ def start_server(
         batcher=batcher,
         metrics=metrics,
         metrics_port=metrics_port,
+        metrics_tls=config.metrics_tls,
         _server=server,
         _health=health_servicer,
         _servicer=servicer,

@@ -198,6 +198,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
                 check_fields(request)
                 if not self._authorized(context, request.camera_id):
                     raise _Failure(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+                self._hold(held, None, stream=False)
                 self._hold(held, request.camera_id, stream=False)
                 job, decode_s = self._submit(request, context)
                 context.add_callback(lambda: self.batcher.cancel(job))

@@ -6,9 +6,14 @@ and talks to it over gRPC, as a camera (or an attacker) would.
 from __future__ import annotations
 
 import logging
+import shutil
+import ssl
 import struct
+import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -167,6 +172,26 @@ def test_one_camera_over_its_call_limit_is_refused_while_another_camera_is_answe
         refused = [o for o in outcomes if o != "ok"]
         assert len(refused) == 3 and outcomes.count("ok") == 2
         assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and int(hint) > 0 for code, hint in refused)
+
+
+def test_calls_over_the_servers_own_limit_get_a_hint_not_grpcs_bare_refusal(small_jpeg) -> None:
+    slow = Labeler(_Slow(yolo_backend(), delay_s=1.0))
+    with start_server(slow, port=0, max_concurrent_rpcs=8, max_calls=4, max_queue=16, max_queue_per_camera=4,
+                      warmup=False) as handle:
+        def call(k: int):
+            with grpc.insecure_channel(handle.target) as channel:
+                try:
+                    teacher_pb2_grpc.TeacherStub(channel).Label(_request(f"cam{k}", k, small_jpeg), timeout=120)
+                    return "ok"
+                except grpc.RpcError as exc:
+                    return exc.code(), dict(exc.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+
+        with ThreadPoolExecutor(7) as pool:
+            outcomes = list(pool.map(call, range(7)))
+        refused = [o for o in outcomes if o != "ok"]
+        assert len(refused) == 3 and outcomes.count("ok") == 4, outcomes
+        assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and int(hint) > 0 for code, hint in refused)
+        assert handle._servicer.limiter.refused == {"calls": 3}
 
 
 class _Slow:
@@ -365,3 +390,25 @@ def test_metrics_listen_on_localhost_by_default_even_when_grpc_listens_everywher
     assert (config.host, config.metrics_host) == ("0.0.0.0", "127.0.0.1")
     config = cli.server_config(parser.parse_args(["--metrics-host", "0.0.0.0"]))
     assert config.metrics_host == "0.0.0.0"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")
+def test_metrics_can_take_tls_and_a_bearer_token(tmp_path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    with start_server(yolo_backend(), port=0, tls_cert=cert, tls_key=key, metrics_port=0, metrics_tls=True,
+                      metrics_token="metrics-secret-1", warmup=False) as handle:
+        assert handle.metrics_url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(cert))
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(handle.metrics_url, context=context, timeout=10)
+        assert info.value.code == 401
+        request = urllib.request.Request(handle.metrics_url, headers={"Authorization": "Bearer metrics-secret-1"})
+        with urllib.request.urlopen(request, context=context, timeout=10) as reply:
+            assert b"jitnet_teacher_queue_depth" in reply.read()
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP to the TLS port
+            urllib.request.urlopen(handle.metrics_url.replace("https://", "http://"), timeout=10)
