@@ -8,9 +8,10 @@ its threshold goes first. Three rules keep that honest:
 - aging: a request that has waited ``max_wait_s`` goes before any other
   (oldest first), so a camera whose student is doing well still gets answers;
 - share: only a camera's oldest request competes on need, and a request sent
-  sooner than the camera's own stride says (frames since its last teacher frame
-  below its stride) ranks behind every on-time one: flooding buys no more than
-  the camera's turn;
+  sooner than the camera's own stride says ranks behind every on-time one:
+  flooding buys no more than the camera's turn. Algorithm 1 asks at multiples
+  of the stride, so right after a doubling the gap can be half the new stride;
+  only a gap below half the stride counts as flooding;
 - stretch: when a request has waited a large part of the camera's interval
   between requests, its answer asks the camera to stretch its next interval
   (``stride_stretch``), so demand falls to what the teacher can serve instead of
@@ -80,9 +81,9 @@ class NeedQueue(FairQueue):
     # -- serving order -------------------------------------------------------------------
     @staticmethod
     def early(job: Job) -> bool:
-        """Sent sooner than the camera's own stride says (flooding)."""
+        """Sent sooner than the camera's own stride allows (flooding): under half a stride since its last teacher frame."""
         need = job.need
-        return need is not None and need.frames_since_teacher > 0 and need.frames_since_teacher < need.stride
+        return need is not None and need.frames_since_teacher > 0 and 2 * need.frames_since_teacher < need.stride
 
     def _rank(self, heads: list[Job], now: float) -> list[Job]:
         """Heads in serving order: overdue oldest first, then on-time by need, then early ones by age."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,7 @@ def test_shared_teacher_never_serves_more_than_its_capacity(policy):
         assert any(s > 1.0 for _, s in answered)  # saturated: the waiting cameras were told to stretch
 
 
+@pytest.mark.slow
 def test_bench_fleet_runs_both_policies_on_three_cameras(tmp_path, artifacts):
     out = tmp_path / "fleet.json"
     proc = subprocess.run(
@@ -70,5 +72,5 @@ def test_bench_fleet_runs_both_policies_on_three_cameras(tmp_path, artifacts):
         assert overall["worst_iou"] == min(r["mean_iou"] for r in rows)
     d = report["need_minus_fair"]
     assert -1.0 <= d["mean_iou"] <= 1.0 and -1.0 <= d["worst_iou"] <= 1.0
-    assert out.with_suffix(".md").read_text().count("| cam") == CAMERAS
+    assert len(re.findall(r"^\| cam\d", out.with_suffix(".md").read_text(), flags=re.M)) == CAMERAS
     assert out.with_suffix(".png").stat().st_size > 1000

@@ -74,6 +74,7 @@ def test_a_flooding_camera_is_held_to_its_share():
     assert order[3:] == ["flood"] * 5
     assert NeedQueue.early(_job("x", 0, 0.5, stride=16, since=3))
     assert not NeedQueue.early(_job("x", 0, 0.5, stride=16, since=16))
+    assert not NeedQueue.early(_job("x", 0, 0.5, stride=16, since=8))  # Algorithm 1 right after doubling 8 -> 16
     assert not NeedQueue.early(_job("x", 0, need=False))
 
 
