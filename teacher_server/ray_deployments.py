@@ -268,7 +268,9 @@ class ModelQueue:
     def queue_depth(self) -> int:
         return self._in_flight
 
-    def submit(self, camera_id: str, payload: LabelPayload, deadline: Optional[float] = None) -> Job:
+    def submit(self, camera_id: str, payload: LabelPayload, deadline: Optional[float] = None,
+               need: Optional[Any] = None) -> Job:
+        """`need` is taken for the servicer's sake and unused: the fleet serves in Serve's order, not by need."""
         if self._loop is None:
             raise ShuttingDown("the fleet ingress is not ready yet; retry")
         with self._lock:
