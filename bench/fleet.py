@@ -156,7 +156,8 @@ def simulate(cameras: Sequence[Camera], groups: Sequence[str], artifacts: Path, 
             "strides": [d.stride_after for d in agent.controller.history],
         })
     ious = [r["mean_iou"] for r in rows if r["mean_iou"] is not None]
-    worst = min(rows, key=lambda r: -1.0 if r["mean_iou"] is None else r["mean_iou"])
+    scored = [r for r in rows if r["mean_iou"] is not None]  # a camera whose frames never hold a class has no IoU
+    worst = min(scored, key=lambda r: r["mean_iou"]) if scored else {"camera": None, "mean_iou": None}
     all_waits = [w for ws in teacher.waits.values() for w in ws]
     overall = {
         "mean_iou": _num(float(np.mean(ious))) if ious else None,
@@ -247,7 +248,7 @@ def run_fleet(cameras: Sequence[Camera], groups: Sequence[str], artifacts: Path,
     if "fair" in runs and "need" in runs:
         f, n = runs["fair"]["overall"], runs["need"]["overall"]
         fair_worst = f["worst_iou"]
-        need_on_fair_worst = next(r["mean_iou"] for r in runs["need"]["cameras"] if r["camera"] == f["worst_camera"])
+        need_on_fair_worst = next((r["mean_iou"] for r in runs["need"]["cameras"] if r["camera"] == f["worst_camera"]), None)
         report["need_minus_fair"] = {
             "mean_iou": _delta(n["mean_iou"], f["mean_iou"]),
             "worst_iou": _delta(n["worst_iou"], fair_worst),
@@ -289,8 +290,9 @@ def markdown(report: dict[str, Any]) -> str:
                  + " |" + " |" * (2 * len(policies)))
     if "need_minus_fair" in report:
         d = report["need_minus_fair"]
-        lines += ["", f"need - fair: mean IoU {d['mean_iou']:+.3f}, worst camera {d['worst_iou']:+.3f} "
-                      f"(on fair's worst camera {d['on_fairs_worst_camera']:+.3f}), teacher frames {d['teacher_frames']:+d}."]
+        sign = lambda v: "-" if v is None else f"{v:+.3f}"  # noqa: E731
+        lines += ["", f"need - fair: mean IoU {sign(d['mean_iou'])}, worst camera {sign(d['worst_iou'])} "
+                      f"(on fair's worst camera {sign(d['on_fairs_worst_camera'])}), teacher frames {d['teacher_frames']:+d}."]
     return "\n".join(lines) + "\n"
 
 
