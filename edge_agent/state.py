@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from core.digest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,6 @@ class StateLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(folder: Path) -> list[Path]:
@@ -187,7 +180,7 @@ class SnapshotStore:
         existing = self.snapshots()
         number = int(existing[0].name[len(PREFIX):]) + 1 if existing else 1
         try:
-            files = {str(p.relative_to(tmp)): _digest(p) for p in _files(tmp)}
+            files = {str(p.relative_to(tmp)): sha256_file(p) for p in _files(tmp)}
             record = {**meta, "files": files, "saved_at": time.time()}
             (tmp / META).write_text(json.dumps(record, indent=2, sort_keys=True))
             for p in [*_files(tmp), tmp / META]:
@@ -233,7 +226,7 @@ class SnapshotStore:
             record = json.loads((snapshot / META).read_text())
             files = record["files"]
             for rel, digest in files.items():
-                if _digest(snapshot / rel) != digest:
+                if sha256_file(snapshot / rel) != digest:
                     return None
             return record
         except (OSError, ValueError, KeyError, TypeError):

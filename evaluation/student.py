@@ -9,12 +9,13 @@ pre-trained.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from core.digest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ class StudentStart:
 
 def _cache_root() -> Path:
     return Path(os.environ.get("JITNET_CACHE", Path.home() / ".cache" / "jitnet-edge")) / "artifacts"
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def _student_for(init: Path, classes: Sequence[str], new_head: bool):
@@ -94,7 +87,7 @@ def artifacts_from_init(init: Path, classes: Sequence[str], *, cache_root: Optio
     init = Path(init)
     if not init.is_file():
         raise FileNotFoundError(f"--init {init} does not exist; pass a checkpoint written by `jitnet pretrain`")
-    target = (cache_root or _cache_root()) / f"init-{_digest(init)}-{'-'.join(classes)}{'-newhead' if new_head else ''}"
+    target = (cache_root or _cache_root()) / f"init-{sha256_file(init)[:16]}-{'-'.join(classes)}{'-newhead' if new_head else ''}"
     try:
         if load_manifest(target).class_names[1:] == list(classes):
             return target

@@ -23,7 +23,6 @@ fine here even though the device trains and predicts on one frame at a time.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import numpy as np
 
 from core.config import DistillConfig
+from core.digest import sha256_file
 from core.geometry import STRIDE
 from core.metrics import mean_iou
 from core.targets import box_weights
@@ -447,14 +447,6 @@ def save_checkpoint(model: "JITNet", path: Path, classes: Sequence[str], history
     os.replace(tmp, path)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 #: What is known about the licences of the data sets this project points at.
 KNOWN_LICENCES = {
     "coco128": "bundle GPL-3.0 (Ultralytics, its LICENSE file); COCO annotations CC BY 4.0; images under their "
@@ -665,7 +657,7 @@ def make_card(args, model, history: list[EpochRecord], sources: list[dict], clas
     last = history[-1]
     return {
         "file": args.out.name,
-        "sha256": sha256_of(args.out),
+        "sha256": sha256_file(args.out),
         "bytes": args.out.stat().st_size,
         "model": {"name": "JITNet", "width": model.spec.width, "parameters": count_parameters(model),
                   "classes": ["background", *classes], "head": "stored per class group (export any subset)"},

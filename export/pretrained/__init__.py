@@ -15,11 +15,14 @@ This module needs no torch: resolving a start is cheap, loading it is
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Optional, Union
+
+from core.digest import sha256_file
+
+sha256_of = sha256_file  # the name the commands and tests use
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +38,6 @@ class InitError(ValueError):
 
 def card_of(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".json")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shipped_checkpoint(width: float = 0.5) -> Optional[Path]:
