@@ -63,7 +63,7 @@ def add_field_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address the metrics listen on (default %(default)s; 0.0.0.0 for a remote Prometheus)")
     parser.add_argument("--teacher-max-side", type=_positive_int, default=O.teacher_max_side,
                         help="longest side of the frames sent to the teacher, labels upsampled back "
-                             "(0 = full size; default %(default)s)")
+                             "(0 = full size; default %(default)s, see the README's Bandwidth)")
     parser.add_argument("--jpeg-quality", type=int, default=O.jpeg_quality, choices=range(1, 101), metavar="1..100",
                         help="JPEG quality of the frames sent to the teacher (default %(default)s)")
 
