@@ -15,7 +15,8 @@ its threshold goes first. Three rules keep that honest:
 - stretch: when a request has waited a large part of the camera's interval
   between requests, its answer asks the camera to stretch its next interval
   (``stride_stretch``), so demand falls to what the teacher can serve instead of
-  requests piling up or failing.
+  requests piling up or failing; only students at or above their threshold (or
+  agents that send no need) are stretched.
 
 Both queues have the same interface and are driven by the times they are
 given (jobs' ``enqueued_at`` and ``now``), never by a clock of their own, so a
@@ -124,8 +125,11 @@ class NeedQueue(FairQueue):
 
         A request that waited w seconds from a camera asking every I seconds
         says the teacher serves that camera about once per I + w: asking at that
-        pace keeps its share without queueing.
+        pace keeps its share without queueing. A student below its threshold is
+        never told to wait longer: it is the one the teacher's time is for.
         """
+        if job.need is not None and job.need.deficit > 0:
+            return 1.0
         interval = self._interval.get(job.camera_id)
         waited = now - job.enqueued_at
         if interval is None or interval <= 0 or waited <= self.min_wait_fraction * interval:

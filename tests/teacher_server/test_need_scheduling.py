@@ -102,6 +102,9 @@ def test_stretch_hint_when_the_wait_is_a_large_part_of_the_cameras_interval():
     q.put(_job("cam", 3.0, 0.9))
     (very,), _ = q.pop_batch(1, 30.0)
     assert very.stride_stretch == 4.0            # capped
+    q.put(_job("cam", 31.0, 0.3))
+    (failing,), _ = q.pop_batch(1, 40.0)
+    assert failing.stride_stretch == 1.0         # a student below its threshold is never asked to wait longer
 
 
 def test_expired_and_cancelled_jobs_are_dropped_not_served():
