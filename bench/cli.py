@@ -1,4 +1,4 @@
-"""`jitnet bench {train,teacher,agent}`: each benchmark lives beside what it measures."""
+"""`jitnet bench ...`: the benchmarks, one module each, in this one home (bench/)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "teacher": ("bench.teacher", "teacher server throughput and latency, batching on/off"),
     "agent": ("bench.agent", "agent vs teacher-on-every-frame: compute, IoU, teacher share"),
     "fleet": ("bench.fleet", "cameras sharing one teacher in video time: fair turns vs need-aware scheduling"),
+    "accuracy": ("bench.accuracy", "random vs shipped start x paper vs unseen stride signal, with the flow baselines"),
 }
 
 

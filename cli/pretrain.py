@@ -7,6 +7,9 @@ hands them on as ``semantic:`` folders.  Everything else is export.pretrain.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
 
 from export import pretrain as _pretrain
 
@@ -26,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     cache_root = default_label_cache().parent
 
+    distilled: dict[str, str] = {}  # semantic spec handed on -> the distilled spec typed
+
     def resolve(texts: list[str]) -> list[str]:
         out = []
         for text in texts:
@@ -40,7 +45,26 @@ def run(args: argparse.Namespace) -> int:
                 out.append(materialize(spec, classes, cache_root, score_threshold=args.teacher_score_threshold))
             except (SourceError, GroupError, ValueError) as exc:
                 raise SystemExit(f"jitnet pretrain: source {text!r}: {exc}") from None
+            distilled[out[-1]] = text
         return out
 
     args.source, args.val = resolve(list(args.source)), resolve(list(args.val))
-    return _pretrain.run(args)
+    code = _pretrain.run(args)
+    if distilled:
+        name_distilled_sources(_pretrain.card_path(args.out), distilled)
+    return code
+
+
+def name_distilled_sources(card: Path, distilled: dict[str, str]) -> None:
+    """The card names a distilled source as it was typed, with its video's and its teacher's licences."""
+    from evaluation.distilled import licence_of_distilled
+
+    blob = json.loads(card.read_text())
+    for entry in blob.get("data", []):
+        typed = distilled.get(entry.get("spec"))
+        if typed is not None:
+            entry.update(kind="distilled", spec=typed, labels="teacher-distilled (cached)",
+                         licence=licence_of_distilled(typed))
+    tmp = card.with_suffix(".tmp")
+    tmp.write_text(json.dumps(blob, indent=2) + "\n")
+    os.replace(tmp, card)

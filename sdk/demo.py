@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         clip = find_clip(args.clip)
     print(f"demo: {clip} | teacher {args.teacher} | classes {args.classes} | threshold {config_from_args(args).accuracy_threshold}")
     with open_session(args, args.teacher) as session:
+        print(f"demo: the student starts from {session.start}")
         summary = run_stream(session, str(clip), out_video=args.out, log_path=args.log, live=False,
                              max_frames=args.max_frames, progress=not args.no_progress)
     summary["clip"] = str(clip)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from core.config import add_config_arguments, config_from_args
@@ -15,6 +16,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", default="person", help="class groups, e.g. person,auto")
     parser.add_argument("--artifacts", type=Path, help="artifact directory from `jitnet export` (default: exported on first use)")
     parser.add_argument("--width", type=float, default=0.5, help="student width when exporting on first use")
+    parser.add_argument("--init", default="default",
+                        help="weights the student starts from when exporting on first use: default (the shipped "
+                             "pre-trained student), none (random) or a `jitnet pretrain` checkpoint")
     parser.add_argument("--backend", choices=("ort", "torch"), default="ort")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--state", type=Path, help="state directory: restore at start, save periodically and on exit")
@@ -76,6 +80,7 @@ def open_session(args: argparse.Namespace, teacher: str, *, strict: bool = True)
         config=config_from_args(args),
         classes=args.classes,
         width=args.width,
+        init=getattr(args, "init", "default"),
         artifacts=args.artifacts,
         backend=args.backend,
         device=args.device,
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from sdk.runner import run_stream
 
     with open_session(args, args.teacher, strict=not args.degraded_ok) as session:
+        print(f"jitnet run: the student starts from {session.start}", file=sys.stderr)
         summary = run_stream(session, args.source, out_video=args.out, log_path=args.log, live=args.live,
                              max_frames=args.max_frames, progress=not args.no_progress)
     print("summary:")

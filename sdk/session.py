@@ -21,12 +21,22 @@ log = logging.getLogger(__name__)
 EMBEDDED_PREFIX = "embedded"
 
 
-def default_artifacts(classes: Sequence[str], width: float) -> Path:
-    """Artifacts for these classes, exported once into the user's cache (needs torch)."""
+def default_artifacts(classes: Sequence[str], width: float, init: "str | Path | None" = "default") -> Path:
+    """Artifacts for these classes, exported once into the user's cache (needs torch).
+
+    ``init`` is where the weights start: ``default`` (the shipped pre-trained
+    student), ``none`` (random) or a checkpoint path; the student's head is
+    cut to ``classes`` (groups the checkpoint never learnt get a fresh channel).
+    """
     import os
 
+    from export.pretrained import describe_start, resolve_init, sha256_of
+
+    start = resolve_init(init, width)
+    tag = "random" if start is None else f"init-{sha256_of(start)[:12]}"
     root = Path(os.environ.get("JITNET_CACHE", Path.home() / ".cache" / "jitnet-edge")) / "artifacts"
-    target = root / f"{'-'.join(classes)}-w{width:g}"
+    target = root / f"{'-'.join(classes)}-w{width:g}-{tag}"
+    log.info("student starts from %s", describe_start(start))
     try:
         from core.manifest import load_manifest
 
@@ -37,14 +47,16 @@ def default_artifacts(classes: Sequence[str], width: float) -> Path:
         pass
     try:
         from export.artifacts import generate
+        from export.jitnet import load_student
     except ImportError as exc:
         raise RuntimeError(
             f"no artifacts given and PyTorch is not installed to export them ({exc}); run "
             f"`jitnet export --classes {','.join(classes)} --out DIR` on a machine with jitnet-edge[export] "
             "and pass artifacts=DIR"
         ) from exc
+    model = None if start is None else load_student(start, width=width, classes=list(classes))
     log.info("exporting JITNet artifacts for %s (width %g) to %s", list(classes), width, target)
-    generate(target, class_names=list(classes), width=width)
+    generate(target, class_names=list(classes), width=width, model=model)
     return target
 
 
@@ -52,6 +64,8 @@ def default_artifacts(classes: Sequence[str], width: float) -> Path:
 class SessionOptions:
     classes: tuple[str, ...] = ("person",)
     width: float = 0.5
+    #: Where the student's weights start: "default" (shipped pre-trained), "none" (random) or a checkpoint path.
+    init: str = "default"
     artifacts: Optional[Path] = None
     backend: str = "ort"
     device: str = "auto"
@@ -88,7 +102,10 @@ class Session:
 
         self.config, self.options = config, options
         self._server = None
+        self._writer = None
         self.teacher = None
+        #: Where the student's weights came from, for the commands' output.
+        self.start = ""
         self._state_lock = None
         self.metrics = None
         self.stream = None
@@ -97,7 +114,13 @@ class Session:
         try:
             if teacher_url and teacher_url.startswith(EMBEDDED_PREFIX):
                 self.url = self._start_embedded(teacher_url)
-            artifacts = options.artifacts or default_artifacts(options.classes, options.width)
+            artifacts = options.artifacts or default_artifacts(options.classes, options.width, options.init)
+            if options.artifacts:
+                self.start = f"the artifacts in {options.artifacts}"
+            else:
+                from export.pretrained import describe_start, resolve_init
+
+                self.start = describe_start(resolve_init(options.init, options.width))
             self.trainer = load_trainer(artifacts, backend=options.backend, device=options.device, threads=options.threads)
             if options.state_dir is not None:
                 from edge_agent.state import StateLock
@@ -181,19 +204,33 @@ class Session:
                 self.save()
 
     def _maybe_save(self) -> None:
-        if self.options.state_dir is not None and time.monotonic() - self._last_save >= self.options.save_every_s:
-            self.save()
+        """The periodic snapshot: copied here, written by a background thread (the frame goes on)."""
+        if self.options.state_dir is None or time.monotonic() - self._last_save < self.options.save_every_s:
+            return
+        from edge_agent.student import SnapshotWriter
+
+        if self._writer is None:
+            self._writer = SnapshotWriter()
+        if self._writer.busy():  # a slow disk: never queue a second copy behind the first
+            return
+        self._last_save = time.monotonic()
+        self._writer.save(self.trainer, self.options.state_dir)
 
     def save(self) -> Optional[Path]:
         """Snapshot the student now (no-op without a state_dir)."""
         if self.options.state_dir is None:
             return None
+        if self._writer is not None:
+            self._writer.flush()  # snapshots publish in order: the queued one first
         self._last_save = time.monotonic()
         path = self.trainer.save(self.options.state_dir)
         log.info("saved student state to %s", path)
         return path
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None

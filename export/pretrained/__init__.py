@@ -82,7 +82,7 @@ def resolve_init(init: Union[str, Path, None], width: float = 0.5) -> Optional[P
 def describe_start(path: Optional[Path]) -> str:
     """One phrase for the commands' output: where the student's weights come from."""
     if path is None:
-        return "random weights (--init none)"
+        return "random weights"
     if path in SHIPPED.values():
         return f"the shipped pre-trained student ({path.name}, --init default)"
     return f"the pre-trained student {path}"
