@@ -48,7 +48,8 @@ def stamped_frames(count: int):
         yield stamp(base[k % len(base)], k)
 
 
-def run_live(artifacts, delay_s: float, seconds: float):
+def run_live(artifacts, delay_s: float, frames: int, answers: int):
+    """Segment until ``frames`` results and ``answers`` learnt teacher frames (a loaded machine just takes longer)."""
     teacher = start_fake_teacher(FakeTeacher(delay_s=delay_s, label_fn=lambda rgb: bands_of(read_stamp(rgb), rgb.shape[:2])))
     lessons, lock = [], threading.Lock()
     try:
@@ -62,12 +63,13 @@ def run_live(artifacts, delay_s: float, seconds: float):
 
             session.trainer.prepare = recording_prepare
             results, start = [], None
-            # The camera delivers 100 frames/s, faster than this student: live mode must drop, not queue.
-            for r in session.segment(stamped_frames(2 ** BITS - 1), live=True, fps=100.0):
+            # The camera delivers 40 frames/s, faster than this student: live mode must drop, not queue.
+            for r in session.segment(stamped_frames(2 ** BITS - 1), live=True, fps=40.0):
                 results.append(r)
                 start = start or time.monotonic()
-                if time.monotonic() - start >= seconds:
+                if len(results) >= frames and sum(x.teacher_labelled for x in results) >= answers:
                     break
+                assert time.monotonic() - start < 120, "no progress in 120 s"
             elapsed = time.monotonic() - start
             dropped = session.frames_stats.dropped
     finally:
@@ -76,20 +78,20 @@ def run_live(artifacts, delay_s: float, seconds: float):
 
 
 def test_a_slow_teacher_does_not_slow_the_student_and_labels_stay_with_their_frame(artifacts):
-    fast, fast_rate, _, _, _ = run_live(artifacts, delay_s=0.0, seconds=4.0)
-    slow, slow_rate, dropped, seen, lessons = run_live(artifacts, delay_s=1.0, seconds=5.0)
+    fast, fast_rate, _, _, _ = run_live(artifacts, delay_s=0.0, frames=25, answers=2)
+    slow, slow_rate, dropped, seen, lessons = run_live(artifacts, delay_s=1.0, frames=25, answers=3)
+    seconds = (len(slow) - 1) / slow_rate
     print(f"student frames/s: fast teacher {fast_rate:.1f}, 1 s teacher {slow_rate:.1f}; dropped {dropped}")
-    assert sum(r.teacher_labelled for r in fast) >= 2
 
     # The student's own rate: at least 80% of what it does with a fast teacher.
     assert slow_rate >= 0.8 * fast_rate, (slow_rate, fast_rate)
     # Frames are dropped, latency does not grow: each result is about a frame just captured.
     assert dropped > 0
-    latency = np.array([r.timings["latency_ms"] for r in slow])
-    work = np.median([r.timings["frame_ms"] for r in slow])
-    half = len(latency) // 2
-    assert np.median(latency) < 2 * work + 50, (np.median(latency), work)  # its own processing, no queue
-    assert np.median(latency[half:]) < 1.5 * np.median(latency[:half]) + 50  # and it stays so
+    # Latency is the frame's own processing: the wait before it (capture -> processing) is at most about
+    # one source period, at the start as at the end; a queue would make it grow by a frame time per frame.
+    wait = np.array([r.timings["latency_ms"] - r.timings["frame_ms"] for r in slow])
+    half = len(wait) // 2
+    assert np.median(wait) < 100 and np.median(wait[half:]) < 200, wait.round()
     indices = [r.index for r in slow]
     assert indices == sorted(set(indices)) and max(np.diff(indices)) >= 2
     # No frame waited for the teacher: the waits are spent segmenting.
@@ -98,7 +100,7 @@ def test_a_slow_teacher_does_not_slow_the_student_and_labels_stay_with_their_fra
 
     # Each answer is applied to the frame it was asked for, arriving later.
     labelled = [r for r in slow if r.teacher_labelled]
-    assert 2 <= len(labelled) <= 6  # ~1 s each in 5 s
+    assert 3 <= len(labelled) <= seconds / 1.0 + 1  # one answer per teacher second at most
     asked = {s.frame_index: read_stamp(s.image_rgb) for s in seen}
     assert all(asked[k] == k for k in asked)  # the teacher got frame k as frame k (across drops)
     for r in labelled:
