@@ -10,6 +10,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "agent": ("bench.agent", "agent vs teacher-on-every-frame: compute, IoU, teacher share"),
     "fleet": ("bench.fleet", "cameras sharing one teacher in video time: fair turns vs need-aware scheduling"),
     "accuracy": ("bench.accuracy", "random vs shipped start x paper vs unseen stride signal, with the flow baselines"),
+    "soak": ("bench.soak", "a clip looped live through the agent for N minutes: RSS, latency p50/p99, drops per minute"),
 }
 
 
