@@ -110,8 +110,8 @@ class _Row:
         }
 
 
-def soak(session: Any, clip: Path, *, seconds: float, interval_s: float, scale: float) -> tuple[list[dict], list[float]]:
-    """Run the looped clip live through ``session`` for ``seconds``; the rows and every latency after each row's end."""
+def soak(session: Any, clip: Path, *, seconds: float, interval_s: float, scale: float) -> tuple[list[dict], float]:
+    """Run the looped clip live through ``session`` for ``seconds``: one row per ``interval_s``, and the clip's fps."""
     from sdk.streams import open_stream
 
     with open_stream(str(clip), live=False) as probe:
