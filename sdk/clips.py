@@ -151,15 +151,19 @@ def find_clip(name: str = "vtest") -> Path:
     """Path of a demo clip on this machine, or an error naming the command that provides it."""
     if name not in CLIPS:
         raise KeyError(f"unknown clip {name!r}; known clips: {', '.join(sorted(CLIPS))}")
-    for path in _candidates(name):
-        if path.is_file() and path.stat().st_size > 0:
-            return path
+    path = _present(name)
+    if path is not None:
+        return path
     clip = CLIPS[name]
-    other = [n for n in CLIPS if n != name and available(n)]
+    other = [n for n in CLIPS if n != name and _present(n) is not None]
     hint = f" Available instead: {', '.join(other)}." if other else ""
     raise ClipNotFound(
         f"demo clip {name!r} ({clip.filename}) is not on this machine. Get it with: {clip.provided_by}.{hint}"
     )
+
+
+def _present(name: str) -> Optional[Path]:
+    return next((p for p in _candidates(name) if p.is_file() and p.stat().st_size > 0), None)
 
 
 def available(name: str) -> bool:

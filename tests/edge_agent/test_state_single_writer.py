@@ -69,10 +69,11 @@ def test_restore_falls_back_to_an_older_snapshot_that_loads(artifacts, tmp_path)
     # The newest snapshot's checksums verify but its checkpoint is not one ORT can read
     # (written by a newer runtime, say): the checksums are recomputed to match.
     import json
-    from edge_agent.state import META, _digest
+    from core.digest import sha256_file
+    from edge_agent.state import META
     (newest / "checkpoint").write_bytes(b"not a checkpoint")
     record = json.loads((newest / META).read_text())
-    record["files"]["checkpoint"] = _digest(newest / "checkpoint")
+    record["files"]["checkpoint"] = sha256_file(newest / "checkpoint")
     (newest / META).write_text(json.dumps(record))
 
     fresh = load_trainer(artifacts)
@@ -87,10 +88,11 @@ def test_a_restore_that_fails_leaves_the_trainer_untouched(artifacts, tmp_path):
     before = trainer.predict(image)
     snapshot = trainer.save(tmp_path)
     import json
-    from edge_agent.state import META, _digest
+    from core.digest import sha256_file
+    from edge_agent.state import META
     (snapshot / "checkpoint").write_bytes(b"garbage")
     record = json.loads((snapshot / META).read_text())
-    record["files"]["checkpoint"] = _digest(snapshot / "checkpoint")
+    record["files"]["checkpoint"] = sha256_file(snapshot / "checkpoint")
     (snapshot / META).write_text(json.dumps(record))
     assert trainer.restore(tmp_path) is False
     assert np.array_equal(trainer.predict(image), before)
