@@ -41,4 +41,4 @@ def run(args: argparse.Namespace) -> int:
     summary["clip"] = str(clip)
     print("summary:")
     print_summary(summary, args.summary)
-    return 130 if summary.get("interrupted") else 0
+    return 130 if summary.get("interrupted") and not summary.get("terminated") else 0  # SIGTERM: a clean stop
