@@ -184,7 +184,7 @@ def markdown(rows: list[dict], summary: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.student_loop import _cpu_model
+    from bench.machine import cpu_model
     from sdk.clips import find_clip, first_available
     from sdk.session import connect
 
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"clip": str(clip), "clip_fps": fps, "teacher": args.teacher, "teacher_info": teacher,
               "classes": classes, "scale": args.scale, "threshold": args.threshold, "minutes": args.minutes,
               "interval_s": args.interval_s, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall)),
-              "cpu": _cpu_model(), "platform": platform.platform(), "rows": rows, "summary": summary}
+              "cpu": cpu_model(), "platform": platform.platform(), "rows": rows, "summary": summary}
     print(markdown(rows, summary))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from bench.machine import cpu_model
+
 WORKER = Path(__file__).with_name("student_loop_worker.py")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,17 +80,7 @@ def compare(frames: list, groups: list[str], *, teacher: str, artifacts: Path, b
                      "teacher_frames": rs[0]["teacher_frames"], "updates": rs[0]["updates"],
                      "mean_iou": rs[0]["mean_iou"], "forwards_per_frame": rs[0].get("forwards_per_frame")})
     report: dict[str, Any] = {"frames": len(frames), "threshold": 0.8, "threads": threads,
-                              "cpu": _cpu_model(), "platform": platform.platform(), "rows": rows}
+                              "cpu": cpu_model(), "platform": platform.platform(), "rows": rows}
     if baseline_ref:
         report["speedup_vs_baseline"] = round(rows[0]["fps_median"] / rows[1]["fps_median"], 3)
     return report
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"

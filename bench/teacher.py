@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from bench.machine import cpu_model
+
 log = logging.getLogger(__name__)
 
 _SEQUENCES = (("dog", "dog"), ("car-shadow", "auto"), ("breakdance", "person"))
@@ -329,18 +331,6 @@ def run_overload(args: argparse.Namespace, backend: Any, frames: list[tuple[byte
             "cameras": cameras, "rows": rows}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def run(args: argparse.Namespace) -> int:
     if args.engine != "grpc" or args.replicas != "1" or args.threads_per_replica is not None:
         from bench.teacher_fleet import run as run_fleet
@@ -360,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
     backend = load_backend(args.backend, weights=args.weights, device=args.device)
     backend.warmup()
     if args.overload is not None:
-        report = {"backend": backend.name, "device": backend.device, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        report = {"backend": backend.name, "device": backend.device, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
                   "torch_threads": torch.get_num_threads(), "max_batch": args.max_batch,
                   "loadavg_1min": os.getloadavg()[0], **run_overload(args, backend, frames)}
         if args.json_path:

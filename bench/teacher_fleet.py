@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.teacher import _davis_root, load_frames, measure, summarize
-from bench.train import _cpu_model
+from bench.machine import cpu_model
 
 
 def _configs(engines: list[str], replicas: list[int]) -> list[tuple[str, int]]:
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "backend": args.backend_object.name, "model_version": args.backend_object.version, "device": args.device,
         "threads_per_replica": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(), "seconds_per_config": args.seconds, "rounds": args.rounds, "max_batch": args.max_batch,
+        "cpu_model": cpu_model(), "seconds_per_config": args.seconds, "rounds": args.rounds, "max_batch": args.max_batch,
         "max_delay_ms": args.max_delay_ms, "rows": rows, "comparisons": comparisons, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if args.json_path:

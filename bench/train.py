@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from bench.machine import cpu_model
+
 DEFAULT_SIZES = "256x448,384x640,720x1280"
 DEFAULT_WIDTHS = "0.5,1.0"
 
@@ -81,7 +83,7 @@ def machine_info(threads: int) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
         "threads": threads,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -100,16 +102,6 @@ def _load_average() -> Optional[list[float]]:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _median_ms(samples: list[float]) -> float:
