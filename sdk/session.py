@@ -85,8 +85,9 @@ class SessionOptions:
     #: Reconnect attempts in a row before a live source ends with StreamError; None = forever.
     max_reconnects: Optional[int] = None
     #: Longest side of the frames sent to the teacher (labels are upsampled back); None = full size.
-    #: 512 halves the bytes up of a 768x576 camera at no measured cost in student accuracy (README, Bandwidth).
-    teacher_max_side: Optional[int] = 512
+    #: 640 is the YOLO-seg teachers' own input size: they letterbox every frame to it, so larger frames
+    #: cost bytes and buy the teacher nothing (a rule from the model, not from one clip; README, Bandwidth).
+    teacher_max_side: Optional[int] = 640
     jpeg_quality: int = 90
     #: Serve Prometheus metrics and /healthz on this port (0 = any free port; see session.metrics.url).
     metrics_port: Optional[int] = None

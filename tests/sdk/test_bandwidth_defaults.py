@@ -1,4 +1,4 @@
-"""What a session sends by default: frames no longer than 512 px (the measured default, README Bandwidth),
+"""What a session sends by default: frames no longer than 640 px (the YOLO teachers' input size, README Bandwidth),
 labels back at the frame's size, bytes counted as sent; teacher_max_side=None sends the full frame."""
 import pytest
 
@@ -8,7 +8,7 @@ from sdk.streams import read_frames
 from tests.edge_agent.fake_teacher import start_fake_teacher
 
 
-@pytest.mark.parametrize("max_side, sent_hw", [("default", (384, 512)), (None, (576, 768))])
+@pytest.mark.parametrize("max_side, sent_hw", [("default", (480, 640)), (None, (576, 768))])
 def test_frames_sent_to_the_teacher_are_bounded_by_the_default_max_side(artifacts, max_side, sent_hw):
     frames = read_frames(str(find_clip("vtest")), max_frames=2)  # 768x576, a real camera's size
     teacher = start_fake_teacher()
