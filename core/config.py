@@ -97,6 +97,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: Sequence[str]
                            help=f"{meta.get('help', '')} (default {f.default})")
 
 
+def set_config_defaults(parser: argparse.ArgumentParser, **values: Any) -> None:
+    """A command's own defaults for config fields (``input_scale=0.5``), by field name.
+
+    The flags' destinations are ``config_<field>``; setting ``scale=...`` on the
+    parser would silently change nothing, so unknown names are an error here.
+    """
+    known = {f.name for f in fields(DistillConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TypeError(f"not DistillConfig fields: {unknown}")
+    parser.set_defaults(**{f"config_{name}": value for name, value in values.items()})
+
+
 def config_from_args(args: argparse.Namespace, base: Optional[DistillConfig] = None) -> DistillConfig:
     """The config the command line asked for: ``base`` (or the defaults) with the given flags applied."""
     base = base if base is not None else DistillConfig()

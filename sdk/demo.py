@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.config import config_from_args
+from core.config import config_from_args, set_config_defaults
 from sdk.run_cli import add_common_arguments, open_session, print_summary
 
 
@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default="embedded:yolov7-seg",
                         help="embedded:<backend> (default embedded:yolov7-seg) or a grpc:// URL")
     add_common_arguments(parser)
-    parser.set_defaults(classes="person,auto", scale=0.5, out=Path("runs/demo/overlay.mp4"),
+    set_config_defaults(parser, input_scale=0.5)  # the demo's 768x576 clip at half size
+    parser.set_defaults(classes="person,auto", out=Path("runs/demo/overlay.mp4"),
                         log=Path("runs/demo/frames.jsonl"), summary=Path("runs/demo/summary.json"),
                         max_frames=400)
 
