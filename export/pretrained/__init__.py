@@ -15,6 +15,7 @@ This module needs no torch: resolving a start is cheap, loading it is
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -22,7 +23,16 @@ from typing import Optional, Union
 
 from core.digest import sha256_file
 
-sha256_of = sha256_file  # the name the commands and tests use
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a checkpoint, computed once per file version (a session start asks up to three times)."""
+    stat = Path(path).stat()
+    return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 log = logging.getLogger(__name__)
 
