@@ -22,160 +22,29 @@ them over as a ``semantic:`` folder.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import Sequence
 
-import cv2
-import numpy as np
+from export.datasets.base import (COMMON_OPTIONS, KINDS, Sample, Source, SourceError, SourceSpec, boxes_of_components,
+                                  check_options, every_nth, flag_option, group_lookup, int_option, list_images,
+                                  parse_source, read_rgb)
+from export.datasets.coco_source import CocoSource
+from export.datasets.semantic_png import SemanticSource
+from export.datasets.yolo_seg import YoloSegSource
 
-from core.groups import GROUPS, resolve_groups
+__all__ = ["COMMON_OPTIONS", "KINDS", "Sample", "Source", "SourceError", "SourceSpec", "boxes_of_components",
+           "check_options", "every_nth", "flag_option", "group_lookup", "int_option", "list_images", "open_source",
+           "parse_source", "read_rgb"]
 
-
-class SourceError(ValueError):
-    """A source spec or folder is not what its reader expects; the message says what to pass."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One training image: pixels, label map over the run's groups, object boxes."""
-
-    image: np.ndarray  # RGB uint8 (H, W, 3)
-    labels: np.ndarray  # uint8 (H, W), 0 = background, k = group k
-    boxes: np.ndarray  # float32 (N, 4) x0, y0, x1, y1 of the group objects
-    valid: Optional[np.ndarray] = None  # bool (H, W); None = every pixel is annotated
-    name: str = ""
+#: kind -> reader; ``distilled`` has none here (it needs a teacher, see the module docstring).
+READERS = {"coco": CocoSource, "yolo-seg": YoloSegSource, "semantic": SemanticSource, "camvid": SemanticSource}
 
 
-class Source(Protocol):
-    kind: str
-    path: Path
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> Sample: ...
-
-    def describe(self) -> dict: ...
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """``KIND:PATH[,key=value...]`` as parsed from the command line."""
-
-    kind: str
-    path: Path
-    options: dict = field(default_factory=dict)
-    text: str = ""
-
-    def take(self, key: str, default=None):
-        return self.options.get(key, default)
-
-
-KINDS = ("coco", "yolo-seg", "semantic", "camvid", "distilled")
-COMMON_OPTIONS = {"max", "every", "holdout", "repeat", "include_empty"}
-
-
-def parse_source(text: str) -> SourceSpec:
-    """Parse ``yolo-seg:../data/coco128-seg,holdout=16`` into a :class:`SourceSpec`."""
-    kind, sep, rest = text.partition(":")
-    kind = kind.strip().lower().replace("_", "-")
-    if not sep or kind not in KINDS:
-        raise SourceError(f"source {text!r} must look like KIND:PATH[,key=value...] with KIND one of "
-                          f"{', '.join(KINDS)} (e.g. yolo-seg:data/coco128-seg)")
-    parts = rest.split(",")
-    path, options = parts[0].strip(), {}
-    if not path:
-        raise SourceError(f"source {text!r} names no path after {kind}:")
-    for part in parts[1:]:
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise SourceError(f"source {text!r}: option {part!r} must look like key=value")
-        options[key.strip().replace("-", "_")] = value.strip()
-    return SourceSpec(kind, Path(path), options, text)
-
-
-def int_option(spec: SourceSpec, key: str) -> Optional[int]:
-    value = spec.options.get(key)
-    if value is None:
-        return None
-    try:
-        out = int(value)
-    except ValueError:
-        raise SourceError(f"source {spec.text!r}: {key}={value!r} is not a whole number") from None
-    if out < 0:
-        raise SourceError(f"source {spec.text!r}: {key} must be >= 0")
-    return out
-
-
-def group_lookup(groups: Sequence[str]):
-    """name -> 1-based label for these groups: a group's own name or any COCO class inside it; 0 if none."""
-    spec = resolve_groups(list(groups))
-    by_class = spec.class_to_index()
-    by_name = {_canonical(n): k for k, n in enumerate(spec.names, start=1)}
-
-    def lookup(name: str) -> int:
-        key = _canonical(name)
-        if key in by_name:
-            return by_name[key]
-        members = GROUPS.get(key, (key,))
-        labels = {by_class[m] for m in members if m in by_class}
-        return labels.pop() if len(labels) == 1 else 0
-
-    return lookup
-
-
-def _canonical(name: str) -> str:
-    return " ".join(str(name).strip().lower().replace("_", " ").replace("-", " ").split())
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    # Label files are in the stored pixel order: never apply EXIF rotation.
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise SourceError(f"cannot decode image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def boxes_of_components(labels: np.ndarray, min_area: int = 4) -> np.ndarray:
-    """Boxes of the connected regions of every group in a label map (semantic sources have no instances)."""
-    out = []
-    for k in np.unique(labels):
-        if k == 0:
-            continue
-        n, _, stats, _ = cv2.connectedComponentsWithStats((labels == k).astype(np.uint8), connectivity=8)
-        for x, y, w, h, area in stats[1:]:
-            if area >= min_area:
-                out.append((x, y, x + w, y + h))
-    return np.asarray(out, np.float32).reshape(-1, 4)
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def open_source(spec: SourceSpec | str, groups: Sequence[str]) -> "Source":
+def open_source(spec: SourceSpec | str, groups: Sequence[str]) -> Source:
     """The reader for one spec, for these class groups."""
     if isinstance(spec, str):
         spec = parse_source(spec)
-    if spec.kind == "coco":
-        from export.datasets.coco_source import CocoSource
-
-        return CocoSource(spec, groups)
-    if spec.kind == "yolo-seg":
-        from export.datasets.yolo_seg import YoloSegSource
-
-        return YoloSegSource(spec, groups)
-    if spec.kind in ("semantic", "camvid"):
-        from export.datasets.semantic_png import SemanticSource
-
-        return SemanticSource(spec, groups)
-    raise SourceError(f"source {spec.text!r}: {spec.kind} labels need a teacher; run it through `jitnet pretrain`, "
-                      "which labels the frames and passes them on as a semantic: folder")
-
-
-def every_nth(items: list, spec: SourceSpec) -> list:
-    n = int_option(spec, "every")
-    return items[::n] if n and n > 1 else items
+    reader = READERS.get(spec.kind)
+    if reader is None:
+        raise SourceError(f"source {spec.text!r}: {spec.kind} labels need a teacher; run it through `jitnet pretrain`, "
+                          "which labels the frames and passes them on as a semantic: folder")
+    return reader(spec, groups)

@@ -4,22 +4,21 @@ from __future__ import annotations
 from typing import Sequence
 
 from export.coco import CocoDataset, CocoLayoutError
-from export.datasets import Sample, SourceError, SourceSpec, int_option
+from export.datasets.base import Sample, SourceError, SourceSpec, check_options, flag_option, int_option
 
 
 class CocoSource:
+    """COCO instances JSON over the run's groups (see :class:`export.coco.CocoDataset`)."""
+
     kind = "coco"
 
     def __init__(self, spec: SourceSpec, groups: Sequence[str]):
-        unknown = set(spec.options) - {"annotations", "images", "split", "max", "every", "holdout", "repeat", "include_empty"}
-        if unknown:
-            raise SourceError(f"source {spec.text!r}: unknown option(s) {sorted(unknown)}; "
-                              "coco takes annotations, images, split, max, holdout, include_empty")
+        check_options(spec, ("annotations", "images", "split"))
         self.spec, self.path = spec, spec.path
         try:
             self.coco = CocoDataset(spec.path, groups, annotations=spec.take("annotations"), images=spec.take("images"),
                                     split=spec.take("split"), max_images=int_option(spec, "max"),
-                                    include_empty=str(spec.take("include_empty", "0")).lower() in ("1", "true", "yes"))
+                                    include_empty=flag_option(spec, "include_empty"))
         except CocoLayoutError as exc:
             raise SourceError(str(exc)) from None
 

@@ -18,8 +18,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from export.datasets import (Sample, SourceError, SourceSpec, boxes_of_components, every_nth, group_lookup,
-                             int_option, list_images, read_rgb)
+from export.datasets.base import (Sample, SourceError, SourceSpec, boxes_of_components, check_options, every_nth,
+                                  flag_option, group_lookup, int_option, list_images, read_rgb)
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,7 @@ def parse_map(text: str, where: str) -> dict[int, str]:
 class SemanticSource:
     def __init__(self, spec: SourceSpec, groups: Sequence[str]):
         self.spec, self.groups, self.kind = spec, list(groups), spec.kind
-        allowed = {"labels", "map", "ignore", "split", "suffix", "max", "every", "holdout", "repeat", "include_empty"}
-        unknown = set(spec.options) - allowed
-        if unknown:
-            raise SourceError(f"source {spec.text!r}: unknown option(s) {sorted(unknown)}; "
-                              "semantic takes labels, map, ignore, max, holdout (camvid: split)")
+        check_options(spec, ("split",) if spec.kind == "camvid" else ("labels", "map", "ignore"))
         if spec.kind == "camvid":
             split = spec.take("split", "train")
             self.path = spec.path
@@ -82,7 +78,7 @@ class SemanticSource:
         if not self.table.any():
             log.warning("%s: none of %s maps onto the groups %s; every pixel is background", spec.text,
                         sorted(set(mapping.values())), self.groups)
-        include_empty = str(spec.take("include_empty", "1")).lower() in ("1", "true", "yes")
+        include_empty = flag_option(spec, "include_empty", default=True)
         limit = int_option(spec, "max")
         self.items: list[tuple[Path, Path]] = []
         missing = 0

@@ -18,7 +18,8 @@ import numpy as np
 
 from core.groups import COCO_CLASSES
 from export.coco import polygon_mask
-from export.datasets import Sample, SourceError, SourceSpec, every_nth, group_lookup, int_option, list_images, read_rgb
+from export.datasets.base import (Sample, SourceError, SourceSpec, check_options, every_nth, flag_option, group_lookup,
+                                  int_option, list_images, read_rgb)
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,13 @@ class YoloSegSource:
 
     def __init__(self, spec: SourceSpec, groups: Sequence[str]):
         self.spec, self.path, self.groups = spec, spec.path, list(groups)
-        unknown = set(spec.options) - {"split", "names", "max", "every", "holdout", "repeat", "include_empty"}
-        if unknown:
-            raise SourceError(f"source {spec.text!r}: unknown option(s) {sorted(unknown)}; yolo-seg takes split, names, max, holdout")
+        check_options(spec, ("split", "names"))
         self.image_dir, self.label_dir = self._folders(spec.take("split"))
         names_file = spec.take("names")
         self.names = read_names(Path(names_file)) if names_file else list(COCO_CLASSES)
         lookup = group_lookup(self.groups)
         self.class_labels = [lookup(n) for n in self.names]
-        include_empty = str(spec.take("include_empty", "0")).lower() in ("1", "true", "yes")
+        include_empty = flag_option(spec, "include_empty")
         limit = int_option(spec, "max")
         self.items: list[tuple[Path, list[YoloInstance]]] = []
         for image in every_nth(list_images(self.image_dir), spec):
