@@ -41,7 +41,7 @@ def test_replay_yields_every_frame_of_a_real_clip_in_order_as_rgb(bikes):
     assert [f.index for f in frames] == list(range(250))
     assert frames[100].timestamp_s == pytest.approx(100 / 25)
     assert all(f.image_rgb.shape == (272, 640, 3) and f.image_rgb.dtype == np.uint8 for f in frames[:5])
-    assert stream.stats.as_dict() == {"read": 250, "delivered": 250, "dropped": 0}
+    assert stream.stats.as_dict() == {"read": 250, "delivered": 250, "dropped": 0, "skipped": 0}
     # RGB, not OpenCV's BGR, and the right frame
     assert np.array_equal(frames[0].image_rgb, cv2_frame(bikes, 0))
     assert frames[0].image_rgb.flags.c_contiguous
