@@ -4,7 +4,8 @@ Each sequence starts from the same student (one foreground class, "object").
 The human mask plays the teacher: on a frame that has it, the student trains
 until its IoU against the mask reaches the threshold (0.95 in the paper) or
 the update budget is spent, with pixel weights from the mask's bounding box
-(``box_weights``, as for teacher boxes) and, optionally, light augmentation.
+(``box_weights``, as for teacher boxes) and, optionally, the supplement's
+augmentation (:mod:`export.augment`).
 
 - Configuration A: the first frame's mask only, then segment the rest.
 - Configuration C: the first frame and every 16th frame's mask.
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import cv2
 import numpy as np
 
 from core.config import DistillConfig
+from export.augment import frame_view
 
 log = logging.getLogger(__name__)
 
@@ -71,35 +72,12 @@ def mask_box(mask: np.ndarray) -> Optional[tuple[float, float, float, float]]:
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
-def augment(image: np.ndarray, labels: np.ndarray, weights: np.ndarray, rng: np.random.Generator):
-    """The supplement's augmentation of one annotated frame: random flip, scale (0.85-1.15) with a
-    shift (up to 10%, i.e. a crop), a small rotation (up to 5 degrees), Gaussian blur and pixel noise.
-
-    Out-of-frame pixels get weight 0, so the student never learns the border.
-    """
-    h, w = labels.shape
-    s = rng.uniform(0.85, 1.15)
-    tx, ty = rng.uniform(-0.1, 0.1) * w, rng.uniform(-0.1, 0.1) * h
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-5.0, 5.0), s)
-    m[:, 2] += (tx, ty)
-    if rng.random() < 0.5:
-        m[0, :] *= -1
-        m[0, 2] += w
-    image = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    labels = cv2.warpAffine(labels, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
-    weights = cv2.warpAffine(weights, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
-    if rng.random() < 0.5:
-        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.2))
-    noise = rng.normal(0.0, rng.uniform(0.0, 6.0), image.shape)
-    image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-    return image, labels, weights
-
-
 def adapt(trainer: Any, image: np.ndarray, target: np.ndarray, weights: np.ndarray, valid: tuple[int, int],
           *, threshold: float, max_updates: int, rng: Optional[np.random.Generator] = None) -> tuple[int, float, float]:
     """Train on one annotated frame until IoU >= threshold or ``max_updates``; (updates, IoU before, after).
 
-    With ``rng``, every other step sees an augmented copy; the IoU is always
+    With ``rng``, every other step sees an augmented copy (the supplement's
+    augmentation, :func:`export.augment.frame_view`); the IoU is always
     checked on the frame itself. When to stop is Algorithm 1's inner-loop rule,
     asked of the stride controller that owns it (one rule, one place).
     """
@@ -117,7 +95,7 @@ def adapt(trainer: Any, image: np.ndarray, target: np.ndarray, weights: np.ndarr
     updates = 0
     while rule.should_update(updates, acc):
         if rng is not None and updates % 2 == 1:
-            trainer.train_step(*augment(image, target, weights, rng))
+            trainer.train_step(*frame_view(image, target, weights, rng))
         else:
             trainer.train_step(image, target, weights)
         updates += 1
