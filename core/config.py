@@ -12,7 +12,8 @@ import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping, Optional, Sequence
 
-STRIDE_SIGNALS = ("paper", "unseen")
+STRIDE_SIGNALS = ("paper", "unseen", "change")
+FUSIONS = ("none", "flow")
 
 
 def _knob(default: Any, help: str, *, aliases: Sequence[str] = (), choices: Optional[Sequence[Any]] = None) -> Any:
@@ -41,9 +42,18 @@ class DistillConfig:
     score_threshold: float = _knob(0.5, "teacher detections below this score are ignored (sent with every request)")
     stride_signal: str = _knob(
         "paper", "what doubles or halves the stride: 'paper' = accuracy after training on the teacher frame "
-        "(Algorithm 1), 'unseen' = accuracy on the new teacher frame before training on it", choices=STRIDE_SIGNALS)
+        "(Algorithm 1), 'unseen' = accuracy on the new teacher frame before training on it, 'change' = "
+        "Algorithm 1, but an empty teacher frame is no proof of accuracy and a scene cut or the student "
+        "disagreeing with the carried answer brings the next teacher frame forward (needs fusion=flow)",
+        choices=STRIDE_SIGNALS)
     stride_window: int = _knob(
         1, "with stride_signal=unseen: mean over this many most recent teacher frames decides")
+    fusion: str = _knob(
+        "flow", "each frame's output: 'flow' = the last teacher answer carried by optical flow where it is still "
+        "consistent, the student elsewhere; 'none' = the student alone (the paper's tables)", choices=FUSIONS)
+    fusion_max_age: int = _knob(
+        32, "with fusion=flow: a teacher answer is carried at most this many frames (and late answers are "
+        "replayed through at most this many flow steps)")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.accuracy_threshold <= 1.0:
@@ -64,6 +74,12 @@ class DistillConfig:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if self.stride_signal not in STRIDE_SIGNALS:
             raise ValueError(f"stride_signal must be one of {STRIDE_SIGNALS}, got {self.stride_signal!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.fusion_max_age < 1:
+            raise ValueError(f"fusion_max_age must be >= 1, got {self.fusion_max_age}")
+        if self.stride_signal == "change" and self.fusion == "none":
+            raise ValueError("stride_signal='change' watches the carried teacher answer: it needs fusion='flow'")
         if self.stride_window < 1:
             raise ValueError(f"stride_window must be >= 1, got {self.stride_window}")
 

@@ -25,6 +25,7 @@ from core.labels import TeacherLabels
 from core.metrics import mean_iou
 from core.need import NeedSignal
 from core.targets import box_weights
+from edge_agent.flow_carry import FlowCarrier
 from edge_agent.stride import AdaptiveStride
 from edge_agent.student import TrainBatch, Trainer
 from edge_agent.teacher_client import TeacherError, TeacherRejected
@@ -66,6 +67,12 @@ class FrameResult:
     #: The source as the stream saw it when this frame was read (ok | reconnecting), and its reconnects so far.
     source_state: str = "ok"
     reconnects: int = 0
+    #: With fusion=flow: the share of the output's pixels that came from the carried teacher answer,
+    #: and that answer's age in frames (None: nothing carried, the output is the student's).
+    carried_fraction: float = 0.0
+    carried_age: Optional[int] = None
+    #: The step into this frame looked like a scene cut (the carried answer was dropped).
+    scene_cut: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     #: The frame itself (RGB), for drawing; not logged.
     image: Optional[np.ndarray] = field(default=None, repr=False)
@@ -166,6 +173,9 @@ class DistillationAgent:
         if teacher is None:
             self.health.state = "off"
         self._geometry: Optional[Geometry] = None
+        #: The last teacher answer carried by optical flow (fusion=flow), else None.
+        self.carrier: Optional[FlowCarrier] = (
+            FlowCarrier(len(self.class_names), max_age=config.fusion_max_age) if config.fusion == "flow" else None)
         self._pending: Optional[tuple[int, Future]] = None
         self._lesson: Optional[_Lesson] = None
         # (key, weights version, prediction): one forward per frame and per update, never two
@@ -190,19 +200,25 @@ class DistillationAgent:
         image = geo.image(frame, validated=True)
         result = FrameResult(index=index, labels=np.empty(0, np.uint8), image=frame)
         timings = {"teacher_ms": 0.0, "train_ms": 0.0, "infer_ms": 0.0}
+        if self.carrier is not None:
+            sh, sw = geo.scaled_hw
+            result.scene_cut = self.carrier.advance(index, image[:sh, :sw])
+            timings["flow_ms"] = self.carrier.flow_ms
+            self.controller.observe(index, cut=result.scene_cut)
 
         if self.teacher is not None and self.controller.is_due(index) and self.health.ready(time.monotonic()):
             self._ask_teacher(index, frame, image, result, timings)
         if self.live:
             # The frame's own prediction first: a train step never delays this frame's labels.
-            result.labels = geo.to_frame(self._predict(index, image, timings))
+            prediction = self._predict(index, image, timings)
             self._collect_answer(result, timings)
+            result.labels = self._output(index, geo, prediction, result, timings)
             if self._lesson is not None:
                 self._learn(result, timings, one_step=True)
         else:
             if self._lesson is not None:
                 self._learn(result, timings, one_step=False)
-            result.labels = geo.to_frame(self._predict(index, image, timings))
+            result.labels = self._output(index, geo, self._predict(index, image, timings), result, timings)
         result.stride = self.controller.stride
         if self.teacher is not None:
             result.teacher_state = "waiting" if self._pending and self.health.state == "ok" else self.health.state
@@ -213,6 +229,21 @@ class DistillationAgent:
         result.timings = timings
         self.frames += 1
         return result
+
+    def _output(self, index: int, geo: Geometry, prediction: np.ndarray, result: FrameResult,
+                timings: dict) -> np.ndarray:
+        """The frame's labels: the student's, fused with the carried teacher answer when fusion is on."""
+        if self.carrier is None:
+            return geo.to_frame(prediction)
+        start = time.perf_counter()
+        sh, sw = geo.scaled_hw
+        fused, seen = self.carrier.fuse(index, prediction[:sh, :sw])
+        result.carried_fraction, result.carried_age = seen.carried_fraction, seen.age
+        if seen.age:  # teacher frames themselves are judged by Algorithm 1, not by agreement
+            self.controller.observe(index, agreement=seen.agreement)
+        out = geo.to_frame(fused)
+        timings["fusion_ms"] = (time.perf_counter() - start) * 1e3
+        return out
 
     # -- teacher ---------------------------------------------------------------
     def need(self, index: int) -> NeedSignal:
@@ -304,6 +335,10 @@ class DistillationAgent:
 
     def _accept(self, index: int, labels: TeacherLabels, targets: _Targets, result: FrameResult) -> None:
         self.health.ok()
+        h, w = targets.valid
+        if self.carrier is not None:  # a late answer is replayed through the flow steps since its frame
+            self.carrier.set_answer(index, targets.labels[:h, :w])
+        self.controller.observe(index, teacher_empty=not bool(targets.labels[:h, :w].any()))
         accuracy = self._accuracy(self._predict(index, targets.image, None), targets.labels, targets.valid)
         self._lesson = _Lesson(index, targets, accuracy, accuracy, stretch=float(getattr(labels, "stride_stretch", 1.0) or 1.0))
         self._last_unseen = accuracy

@@ -181,6 +181,16 @@ class _TeacherSchedule:
         """Forget a pending request (teacher unreachable): the next frame is due again."""
         self._pending = None
 
+    def bring_forward(self, t: int) -> int:
+        """Make frame ``t`` due now (the scene changed); returns next_due.  No effect while an answer is pending."""
+        if self._pending is None and t < self._next_due:
+            self._next_due = int(t)
+        return self._next_due
+
+    def observe(self, t: int, *, agreement: Optional[float] = None, cut: bool = False,
+                teacher_empty: Optional[bool] = None) -> None:
+        """What frame ``t`` showed between teacher frames; only the ``change`` signal listens."""
+
     def defer(self, until: int) -> int:
         """Ask the teacher no sooner than frame ``until`` (a saturated teacher's stretch hint); returns next_due.
 
@@ -234,31 +244,76 @@ class AdaptiveStride(_TeacherSchedule):
     it, averaged over the last ``stride_window`` teacher frames. The second is
     the honest one: a student fits the frame it has just trained on almost
     always, whether or not it keeps up with the frames in between.
+
+    ``change`` keeps Algorithm 1's doubling and halving as the envelope but
+    watches the frames in between (fed by :meth:`observe` from the flow
+    carrier): a scene cut makes the very frame due; the student disagreeing
+    with the carried teacher answer (mean IoU below ``CHANGE_AGREEMENT`` on
+    ``CHANGE_FRAMES`` frames in a row: a new object, or a student that lost
+    track) makes the next frame due once ``min_stride`` frames have passed
+    since the last teacher frame.  A teacher frame with no foreground in it,
+    where the student saw none either, proves nothing: the stride stays.
     """
+
+    #: Below this agreement between the student and the carried answer, a frame counts as changed.
+    CHANGE_AGREEMENT = 0.5
+    #: Consecutive changed frames that bring the teacher forward (one is often flicker).
+    CHANGE_FRAMES = 2
 
     def __init__(self, config: Optional[DistillConfig] = None, *, history_size: int = 4096) -> None:
         config = config if config is not None else DistillConfig()
         super().__init__(config, getattr(config, "min_stride", 1), history_size=history_size)
         self._unseen: deque[float] = deque(maxlen=config.stride_window)
+        self._changed = 0
+        self._teacher_empty = False
+        #: Teacher frames brought forward by a cut / by disagreement (``change`` signal).
+        self.cut_triggers = 0
+        self.change_triggers = 0
 
     def reset(self) -> None:
         super().reset()
         if hasattr(self, "_unseen"):
             self._unseen.clear()
+            self._changed = 0
+            self._teacher_empty = False
+
+    def observe(self, t: int, *, agreement: Optional[float] = None, cut: bool = False,
+                teacher_empty: Optional[bool] = None) -> None:
+        if self.config.stride_signal != "change":
+            return
+        if teacher_empty is not None:  # said on teacher frames, before finish()
+            self._teacher_empty = bool(teacher_empty)
+        if cut:
+            self._changed = 0
+            if self._pending is None and t < self._next_due:
+                self.cut_triggers += 1
+                self.bring_forward(t)
+            return
+        if agreement is None:
+            return
+        self._changed = self._changed + 1 if agreement < self.CHANGE_AGREEMENT else 0
+        last = self._last_teacher_frame
+        if (self._changed >= self.CHANGE_FRAMES and self._pending is None and t + 1 < self._next_due
+                and (last is None or t + 1 - last >= self.config.min_stride)):
+            self.change_triggers += 1
+            self._changed = 0
+            self.bring_forward(t + 1)
+
+    def _next_stride(self, stride: int, success: bool) -> int:
+        if self.config.stride_signal == "change" and self._teacher_empty and success:
+            return stride  # nothing on the teacher frame and nothing in the student's: no proof either way
+        if success:
+            return min(2 * stride, self.config.max_stride)
+        return max(stride // 2, self.config.min_stride)
 
     def _success(self, accuracy: float, accuracy_before: Optional[float]) -> bool:
-        if self.config.stride_signal == "paper":
+        if self.config.stride_signal in ("paper", "change"):
             return accuracy >= self.config.accuracy_threshold
         if accuracy_before is None:
             raise ValueError("stride_signal='unseen' needs finish(..., accuracy_before=...): the accuracy on "
                              "the teacher frame before training on it")
         self._unseen.append(accuracy_before)
         return sum(self._unseen) / len(self._unseen) >= self.config.accuracy_threshold
-
-    def _next_stride(self, stride: int, success: bool) -> int:
-        if success:
-            return min(2 * stride, self.config.max_stride)
-        return max(stride // 2, self.config.min_stride)
 
 
 class FixedStride(_TeacherSchedule):

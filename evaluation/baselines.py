@@ -148,11 +148,13 @@ def run_agent(
     teacher = CachedTeacher(teacher_labels, groups)
     agent = DistillationAgent(trainer, teacher, config, controller=controller)
     scorer = Scorer(groups)
-    infer, train_ms, update_frames, kept = [], 0.0, [], []
+    infer, flow, train_ms, update_frames, kept, carried = [], [], 0.0, [], [], []
     start = time.perf_counter()
     for i, frame in enumerate(frames):
         r = agent.process(i, frame)
         infer.append(r.timings["infer_ms"])
+        flow.append(r.timings.get("flow_ms", 0.0) + r.timings.get("fusion_ms", 0.0))
+        carried.append(r.carried_fraction)
         train_ms += r.timings["train_ms"]
         update_frames += [i] * r.updates
         scorer.add(r.labels, teacher_labels[i])
@@ -163,9 +165,15 @@ def run_agent(
     run = MethodRun(
         method, kind, len(frames), teacher.calls, agent.updates, scorer, update_frames, list(teacher.asked),
         infer_ms=_median(infer), train_step_ms=train_ms / agent.updates if agent.updates else float("nan"),
+        flow_ms=_median(flow) if agent.carrier is not None else float("nan"),
         wall_s=wall, labels=kept if keep_labels else None,
     )
     run.extra = {
+        "fusion": config.fusion,
+        "stride_signal": config.stride_signal,
+        "carried_fraction": float(np.mean(carried)) if carried else 0.0,
+        "change_triggers": getattr(agent.controller, "change_triggers", 0),
+        "cut_triggers": getattr(agent.controller, "cut_triggers", 0),
         "threshold": config.accuracy_threshold,
         "max_updates": config.max_updates,
         "strides": [d.stride_after for d in decisions],

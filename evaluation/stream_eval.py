@@ -4,7 +4,9 @@ The teacher's labels on every frame are the ground truth (cached on disk per
 video, teacher and class groups, so a re-run never re-runs the teacher).
 Methods, all scored by mean IoU against those labels:
 
-- JITNet online distillation at each accuracy threshold (0.7, 0.8, 0.9);
+- JITNet online distillation at each accuracy threshold (0.7, 0.8, 0.9), with
+  the config's fusion (default: the student fused with the teacher's last
+  answer carried by flow); ``online-unfused``: the same with the student alone;
 - Flow (slow): teacher every 8th frame + DIS optical flow, MEDIUM preset;
 - Flow (fast): teacher every 16th frame + DIS optical flow, ULTRAFAST preset;
 - Offline oracle: the same JITNet trained offline on every 5th frame's labels;
@@ -35,7 +37,7 @@ from evaluation.student import StudentStart, student_gflops
 
 log = logging.getLogger(__name__)
 
-METHODS = ("online", "flow-slow", "flow-fast", "oracle", "no-adaptation", "fixed")
+METHODS = ("online", "online-unfused", "flow-slow", "flow-fast", "oracle", "no-adaptation", "fixed")
 DEFAULT_THRESHOLDS = (0.7, 0.8, 0.9)
 REFERENCE_THRESHOLD = 0.8
 
@@ -74,8 +76,14 @@ class StreamEvalOptions:
             raise ValueError(f"scale must be > 0, got {self.scale}")
 
 
-def online_name(threshold: float) -> str:
-    return f"JITNet {threshold:g}"
+def online_name(threshold: float, fused: bool = True) -> str:
+    return f"JITNet {threshold:g}" if fused else f"JITNet {threshold:g} unfused"
+
+
+def unfused(config: DistillConfig) -> DistillConfig:
+    """The same run with the student alone (and the paper's stride signal if it watched the fusion)."""
+    return replace(config, fusion="none",
+                   stride_signal="paper" if config.stride_signal == "change" else config.stride_signal)
 
 
 def reference_threshold(thresholds: Sequence[float]) -> float:
@@ -112,8 +120,10 @@ def _speedups(run: MethodRun, teacher_ms: float, teacher_gf: Optional[float], st
         if teacher_gf and student_gf:
             out["speedup_flops"] = speedup_from_charges(n, teacher_gf, [(n, student_gf["infer_gflops"])])
         return out
+    # Fusion's flow and warps run on every frame: charged with the student's inference (time only).
+    flow_ms = run.flow_ms if math.isfinite(run.flow_ms) else 0.0
     out["speedup_ms"] = speedup_ms(n, run.teacher_frames, run.updates, teacher_ms=teacher_ms,
-                                   student_infer_ms=run.infer_ms, train_step_ms=train_ms)
+                                   student_infer_ms=run.infer_ms + flow_ms, train_step_ms=train_ms)
     if teacher_gf and student_gf:
         # Each update is a train step plus the forward pass that checks the accuracy.
         out["speedup_flops"] = speedup_flops(
@@ -175,6 +185,11 @@ def evaluate_stream(
             cfg = replace(options.config, accuracy_threshold=float(thr))
             runs.append(run_agent(online_name(thr), "online", frames, labels, groups, start.artifacts, cfg,
                                   keep_labels=keep == online_name(thr), backend=options.backend))
+    if "online-unfused" in options.methods:
+        for thr in options.thresholds:
+            cfg = unfused(replace(options.config, accuracy_threshold=float(thr)))
+            runs.append(run_agent(online_name(thr, False), "online", frames, labels, groups, start.artifacts,
+                                  cfg, keep_labels=keep == online_name(thr, False), backend=options.backend))
     if "flow-slow" in options.methods:
         runs.append(run_flow("Flow (slow)", frames, labels, groups, flow_method=SLOW_METHOD, interval=SLOW_INTERVAL,
                              keep_labels=keep == "Flow (slow)"))
@@ -242,7 +257,9 @@ def evaluate_stream(
         "label_cache": {"dir": str(vl.cache_dir), "hits": vl.hits, "misses": vl.misses, "seconds": label_s},
         "student": {**start.to_dict(), "gflops": s_gf, "padded_input": list(geo.padded_hw), "backend": options.backend},
         "cost_model": "speedup = n*teacher / (n*student_infer + teacher_frames*teacher + updates*train_step); "
-                      "flow: n*teacher / (keyframes*teacher + other frames*flow); oracle: inference only",
+                      "flow: n*teacher / (keyframes*teacher + other frames*flow); oracle: inference only; "
+                      "fused online runs add flow + fusion ms to every frame's inference ms (time); "
+                      "the FLOPs speedup does not count OpenCV's flow",
         "runs": rows,
     }
     return _clean(report), runs, labels
