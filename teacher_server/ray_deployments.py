@@ -1,12 +1,14 @@
 """The two Ray Serve deployments of the teacher fleet: a thin gRPC ingress and the model replicas.
 
 The ingress runs the native server's own TeacherServicer (validation, tokens,
-stream semantics, status codes, response building), so both engines answer
-alike; only the queue under it differs. Where the native server has its
-DynamicBatcher, the ingress has `ModelQueue`: each frame is a call through a
-Serve handle to `TeacherModel`, whose replicas batch with `@serve.batch` and
-may sit on any GPU of any machine in the cluster. A frame whose replica dies
-is sent again (to another replica) instead of failing the camera's call.
+call and stream limits, idle streams, status codes, response building) with
+the native server's CallLimiter, so both engines answer alike; only the queue
+under it differs. Where the native server has its DynamicBatcher, the ingress
+has `ray_queue.FleetQueue`: the same policy queue and admission, drained by
+calls through a Serve handle to `TeacherModel`, whose replicas batch with
+`@serve.batch` and may sit on any GPU of any machine in the cluster. A frame
+whose replica dies is sent again (to another replica) instead of failing the
+camera's call. Limits and queue are per ingress replica (one by default).
 
 Ray is imported only inside functions: importing this module needs no Ray.
 """
@@ -23,17 +25,17 @@ from typing import Any, Callable, Iterator, Optional
 
 import grpc
 
+from core.labels import TeacherLabels
 from protos import teacher_pb2
 from teacher_server.auth import TokenAuth
-from teacher_server.batcher import Job, QueueFull, ShuttingDown
-from teacher_server.labeler import LabelResult
+from teacher_server.limits import CallLimiter, CallLimits
 from teacher_server.metrics import _BATCH_BUCKETS, _LATENCY_BUCKETS
+from teacher_server.ray_queue import FleetQueue
+from teacher_server.server import ServerConfig
 from teacher_server.service import LabelPayload, TeacherServicer
 
 log = logging.getLogger(__name__)
 
-#: Times one frame is sent to a replica before its caller gets UNAVAILABLE.
-REPLICA_ATTEMPTS = 3
 _HEALTH_SERVICES = ("", teacher_pb2.DESCRIPTOR.services_by_name["Teacher"].full_name)
 
 
@@ -53,19 +55,15 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class IngressSettings:
-    """The limits the ingress enforces, as the native server's ServerConfig names them."""
+    """What the ingress enforces: the native server's whole ServerConfig, and what the fleet adds to it."""
 
-    max_batch: int
-    max_queue: int
-    max_queue_per_camera: int
-    max_message_bytes: int
-    max_pixels: int
-    score_threshold: float
-    tokens: Optional[dict] = None
+    config: ServerConfig
+    #: Frames the model replicas take at once (their max_ongoing_requests together); more wait in the ingress queue.
+    slots: int
+    #: Replicas the admission estimate counts on (the fixed count, or the autoscaler's minimum).
+    replicas: int = 1
     #: Serve's request_timeout_s: the server-side deadline when the client sends none we can see.
     request_timeout_s: Optional[float] = None
-    #: Threads that run TeacherServicer calls (each waiting unary call holds one).
-    threads: int = 256
 
 
 class FleetStats:
@@ -158,13 +156,13 @@ class TeacherModel:
     def describe(self) -> tuple[str, str]:
         return self._labeler.model_name, self._labeler.model_version
 
-    async def label(self, payload: LabelPayload) -> LabelResult:
+    async def label(self, payload: LabelPayload) -> TeacherLabels:
         return await self._batched(payload)
 
-    async def _label_batch(self, payloads: list[LabelPayload]) -> list[LabelResult]:
+    async def _label_batch(self, payloads: list[LabelPayload]) -> list[TeacherLabels]:
         return await asyncio.get_running_loop().run_in_executor(self._worker, self._compute, payloads)
 
-    def _compute(self, payloads: list[LabelPayload]) -> list[LabelResult]:
+    def _compute(self, payloads: list[LabelPayload]) -> list[TeacherLabels]:
         start = time.perf_counter()
         results = self._labeler.label_batch(
             [p.frame for p in payloads], [p.spec for p in payloads], [p.score_threshold for p in payloads]
@@ -233,123 +231,52 @@ class ServeCallContext:
                 log.debug("call callback failed", exc_info=True)
 
 
-def _replica_died(exc: BaseException) -> bool:
-    from ray.exceptions import RayActorError
-
-    return isinstance(exc, RayActorError) or isinstance(getattr(exc, "cause", None), RayActorError)
-
-
-class ModelQueue:
-    """What TeacherServicer asks of a DynamicBatcher, answered by Serve's handle to the model.
-
-    The total queue is Serve's (max_queued_requests on the model deployment,
-    max_ongoing_requests per replica); when it is full the call ends with
-    RESOURCE_EXHAUSTED and a retry-after hint, as on the native server. Each
-    camera may have at most max_per_camera frames in flight (this ingress's count).
-    """
-
-    def __init__(self, model: Any, *, max_batch: int, max_queue: int, max_per_camera: int, metrics: RayMetrics,
-                 stats: Any = None) -> None:
-        self._model, self._metrics, self._stats = model, metrics, stats
-        # The names TeacherServicer.GetInfo and LabelStream read.
-        self.max_batch, self.max_queue, self.max_per_camera = max_batch, max_queue, max_per_camera
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._lock = threading.Lock()
-        self._per_camera: dict[str, int] = {}
-        self._in_flight = 0
-        self._frame_s = 0.2  # recent time per answered frame, for retry-after hints
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def retry_after_s(self) -> float:
-        return max(0.05, self._frame_s)
-
-    def queue_depth(self) -> int:
-        return self._in_flight
-
-    def submit(self, camera_id: str, payload: LabelPayload, deadline: Optional[float] = None,
-               need: Optional[Any] = None) -> Job:
-        """`need` is taken for the servicer's sake and unused: the fleet serves in Serve's order, not by need."""
-        if self._loop is None:
-            raise ShuttingDown("the fleet ingress is not ready yet; retry")
-        with self._lock:
-            own = self._per_camera.get(camera_id, 0)
-            if own >= self.max_per_camera:
-                raise QueueFull(f"camera {camera_id!r} already has {own} frames in flight (limit {self.max_per_camera})",
-                                self.retry_after_s())
-            self._per_camera[camera_id] = own + 1
-            self._in_flight += 1
-            self._metrics.in_flight(self._in_flight)
-        job = Job(camera_id, payload, deadline)
-        job.future = asyncio.run_coroutine_threadsafe(self._label(job), self._loop)
-        job.future.add_done_callback(lambda _: self._release(camera_id))
-        return job
-
-    def cancel(self, job: Job) -> bool:
-        return job.future.cancel()
-
-    def _release(self, camera_id: str) -> None:
-        with self._lock:
-            left = self._per_camera.get(camera_id, 1) - 1
-            if left > 0:
-                self._per_camera[camera_id] = left
-            else:
-                self._per_camera.pop(camera_id, None)
-            self._in_flight -= 1
-            self._metrics.in_flight(self._in_flight)
-
-    async def _label(self, job: Job) -> LabelResult:
-        from ray.serve.exceptions import BackPressureError
-
-        for attempt in range(1, REPLICA_ATTEMPTS + 1):
-            response = self._model.label.remote(job.payload)
-            try:
-                result = await response
-            except asyncio.CancelledError:
-                response.cancel()
-                raise
-            except BackPressureError as exc:
-                raise QueueFull(f"teacher fleet queue is full ({exc.message})", self.retry_after_s()) from None
-            except Exception as exc:  # noqa: BLE001 - only a dead replica is worth another try here
-                if not _replica_died(exc):
-                    raise
-                expired = job.deadline is not None and time.monotonic() >= job.deadline
-                if attempt == REPLICA_ATTEMPTS or expired:
-                    raise ShuttingDown(f"the replica computing this frame went away ({type(exc).__name__}); retry") from None
-                log.warning("a model replica died with a frame of %s in flight (attempt %d); sending it again", job.camera_id, attempt)
-                if self._stats is not None:
-                    self._stats.record_resend.remote()
-                continue
-            compute_s = (result.timings.get("inference_ms", 0.0) + result.timings.get("postprocess_ms", 0.0)) / 1e3
-            now = time.monotonic()
-            job.started_at = max(job.enqueued_at, now - compute_s)
-            job.batch_size = int(result.timings.get("batch_size", 1))
-            self._frame_s = 0.8 * self._frame_s + 0.2 * (now - job.enqueued_at)
-            return result
-        raise AssertionError("unreachable")
+def call_limiter(config: ServerConfig) -> CallLimiter:
+    """The native server's CallLimiter for `config` (start_server's rules: max_calls defaults to
+    max_concurrent_rpcs less 1/16, and must stay below it)."""
+    max_calls = config.max_calls
+    if max_calls is None:
+        max_calls = max(1, config.max_concurrent_rpcs - max(1, config.max_concurrent_rpcs // 16))
+    if max_calls >= config.max_concurrent_rpcs:
+        raise ValueError(f"max_calls ({max_calls}) must stay below max_concurrent_rpcs ({config.max_concurrent_rpcs}), "
+                         "or calls are refused before the server can say when to come back")
+    return CallLimiter(CallLimits(
+        max_calls=max_calls,
+        max_calls_per_camera=config.max_calls_per_camera,
+        max_streams_per_camera=config.max_streams_per_camera,
+        max_frame_bytes=config.max_frame_bytes,
+    ))
 
 
 class TeacherIngress:
     """The gRPC methods Serve's proxy routes here, named after the RPCs (Teacher and grpc.health.v1)."""
 
     def __init__(self, model: Any, settings: IngressSettings, stats: Any = None) -> None:
+        config = settings.config
         self._model = model
         self._settings = settings
+        self._max_message_bytes = config.max_message_bytes
         self._metrics = RayMetrics()
-        self._queue = ModelQueue(model, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                                 max_per_camera=settings.max_queue_per_camera, metrics=self._metrics, stats=stats)
+        self._queue = FleetQueue(
+            model, max_batch=config.max_batch, max_queue=config.max_queue,
+            max_per_camera=config.max_queue_per_camera or max(1, config.max_queue // 4), policy=config.policy,
+            deadline_admission=config.deadline_admission, slots=settings.slots, replicas=settings.replicas,
+            max_delay_s=config.max_delay_ms / 1000.0, metrics=self._metrics, stats=stats,
+        )
         self._servicer = TeacherServicer(
-            self._queue,  # type: ignore[arg-type] - the DynamicBatcher calls it makes, see ModelQueue
+            self._queue,  # type: ignore[arg-type] - the DynamicBatcher calls it makes, see FleetQueue
             model_name="",
             model_version="",
-            default_score_threshold=settings.score_threshold,
+            default_score_threshold=config.score_threshold,
             metrics=self._metrics,  # type: ignore[arg-type]
-            auth=TokenAuth(settings.tokens) if settings.tokens else None,
-            max_pixels=settings.max_pixels,
-            max_message_bytes=settings.max_message_bytes,
+            auth=TokenAuth(config.tokens) if config.tokens else None,
+            max_pixels=config.max_pixels,
+            max_message_bytes=config.max_message_bytes,
+            limiter=call_limiter(config),
+            stream_idle_s=config.stream_idle_s,
         )
-        self._threads = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="teacher-ingress")
+        # Each waiting unary call and each open stream holds one of these (gRPC's own pool on the native server).
+        self._threads = ThreadPoolExecutor(max_workers=config.max_concurrent_rpcs, thread_name_prefix="teacher-ingress")
         self._described = False
 
     async def _ready(self) -> None:
@@ -370,10 +297,10 @@ class TeacherIngress:
             context.finish()
 
     async def Label(self, request: teacher_pb2.LabelRequest, grpc_context: Any = None) -> teacher_pb2.LabelResponse:
-        if request.ByteSize() > self._settings.max_message_bytes:  # the proxy's own cap may be larger
+        if request.ByteSize() > self._max_message_bytes:  # the proxy's own cap may be larger
             grpc_context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
             grpc_context.set_details(f"the request has {request.ByteSize()} bytes, more than the teacher's "
-                                     f"limit of {self._settings.max_message_bytes}")
+                                     f"limit of {self._max_message_bytes}")
             self._metrics.observe_request(grpc.StatusCode.RESOURCE_EXHAUSTED.name)
             return teacher_pb2.LabelResponse()
         return await self._unary(self._servicer.Label, request, grpc_context, teacher_pb2.LabelResponse())

@@ -7,9 +7,11 @@ its own process, CPU threads or a GPU share) batch frames with `@serve.batch`
 wherever the cluster has room. Agents connect exactly as to the native server.
 
 `start_fleet` takes the native server's ServerConfig (ports, batching, queue,
-tokens, limits) plus FleetOptions (replicas, GPUs, threads, cluster address)
-and returns a handle with `url` and `stop()`. Without an address it starts a
-Ray on this machine and stops it again in `stop()`. See docs/fleet.md.
+tokens, limits, admission, policy) plus FleetOptions (replicas, GPUs, threads,
+cluster address) and returns a handle with `url` and `stop()`. Every
+ServerConfig setting is honoured or refused at start with a one-line error
+naming it (teacher_server/ray_settings.py). Without an address it starts a Ray
+on this machine and stops it again in `stop()`. See docs/fleet.md.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from typing import Any, Iterator, Optional
 
 from teacher_server.batcher import BatcherStats
 from teacher_server.ray_deployments import FleetStats, IngressSettings, ModelSettings, TeacherIngress, TeacherModel
+from teacher_server.ray_health import FleetHealth
+from teacher_server.ray_settings import check_running_serve, check_settings, loopback_node
 from teacher_server.server import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -120,6 +124,9 @@ class FleetHandle:
     _owns_serve: bool = field(repr=False)
     _stats: Any = field(repr=False)
     _stopped: bool = field(default=False, repr=False)
+    #: Port of the separate health-check server (ServerConfig.health_port), None when off.
+    health_port: Optional[int] = None
+    _health: Optional[FleetHealth] = field(default=None, repr=False)
 
     @property
     def target(self) -> str:
@@ -173,6 +180,8 @@ class FleetHandle:
         from ray import serve
 
         log.info("teacher fleet %s shutting down", self.app_name)
+        if self._health is not None:
+            self._health.stop()
         try:
             if self._owns_serve:
                 serve.shutdown()
@@ -222,25 +231,37 @@ def _connect(config: ServerConfig, fleet: FleetOptions) -> tuple[bool, Optional[
         ray.init(address=fleet.address)
         return False, None
     metrics_port = None if config.metrics_port is None else (config.metrics_port or free_port())
-    _init_local(fleet.most_replicas * fleet.threads_per_replica, config.max_message_bytes, metrics_port)
+    _init_local(fleet.most_replicas * fleet.threads_per_replica, config.max_message_bytes, metrics_port,
+                loopback=loopback_node(config))
     return True, metrics_port
 
 
-def _init_local(cpus: int, max_message_bytes: int, metrics_port: Optional[int] = None) -> None:
+def _init_local(cpus: int, max_message_bytes: int, metrics_port: Optional[int] = None, loopback: bool = True) -> None:
+    """Start a Ray on this machine; `loopback`: its node address is 127.0.0.1, so its metrics agent
+    (and its other ports) listen there only, not on every interface."""
     import ray
+    from ray._private import ray_constants
 
     extra = {} if metrics_port is None else {"_metrics_export_port": metrics_port}
     # The proxy reads its message cap from its environment, which Ray's processes inherit
-    # from this one when they start: set it for ray.init only.
-    key, before = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", os.environ.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE")
-    os.environ[key] = str(max_message_bytes)
+    # from this one when they start: set it for ray.init only. Ray picks a loopback node
+    # address where it runs no cluster (its constant, read here and by its processes' env).
+    env = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(max_message_bytes)}
+    if loopback:
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    before = {key: os.environ.get(key) for key in env}
+    cluster_before = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(env)
+    ray_constants.ENABLE_RAY_CLUSTER = cluster_before and not loopback
     try:
         ray.init(num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False, **extra)
     finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -276,34 +297,40 @@ def start_fleet(
     except ImportError as exc:
         raise RuntimeError(f"the Ray engine needs the fleet extra: pip install 'jitnet-edge[fleet]' ({exc})") from None
 
-    config = replace(config or ServerConfig(), **overrides)
+    # Serve's gRPC proxy listens on every interface: that is the Ray engine's default host.
+    config = replace(config or ServerConfig(host="0.0.0.0"), **overrides)
     fleet = fleet or FleetOptions()
-    if config.tls_cert or config.tls_key:
-        raise ValueError("Ray Serve's gRPC proxy has no TLS: terminate TLS in front of it (a load balancer), "
-                         "or use the native engine (--engine grpc) for --tls-cert/--tls-key")
-    if config.port == 0:
-        raise ValueError("the Ray engine needs a fixed gRPC port (Serve's proxy binds it on every node); pass --port")
+    check_settings(config, fleet)
     device = device or ("cuda" if fleet.gpus_per_replica > 0 else "cpu")
+    reflection = config.reflection if config.reflection is not None else not config.tokens
     owns_ray, metrics_port = _connect(config, fleet)
+    health = None
     try:
         owns_serve = not _serve_running()
+        if not owns_serve:
+            _check_running_serve(config, fleet, reflection)
         serve.start(
             http_options=HTTPOptions(host=config.host, port=fleet.http_port),
             grpc_options=gRPCOptions(port=config.port, grpc_servicer_functions=list(SERVICER_FUNCTIONS),
-                                     request_timeout_s=fleet.request_timeout_s),
+                                     request_timeout_s=fleet.request_timeout_s, enable_reflection=reflection),
         )
         app = _application(backend, config, fleet, weights=weights, device=device)
         start = time.monotonic()
         # A route is what registers the app with the proxies (gRPC included); HTTP calls to it find no method.
         serve.run(app[0], name=fleet.app_name, route_prefix=f"/{fleet.app_name}")
+        if config.health_port is not None:
+            health = FleetHealth(fleet.app_name, config.health_host, config.health_port).start()
     except BaseException:
+        if health is not None:
+            health.stop()
         if owns_ray:
             import ray
 
             ray.shutdown()
         raise
     handle = FleetHandle(config.host, config.port, fleet.app_name, metrics_port,
-                         _owns_ray=owns_ray, _owns_serve=owns_serve, _stats=app[1])
+                         _owns_ray=owns_ray, _owns_serve=owns_serve, _stats=app[1],
+                         health_port=health.port if health is not None else None, _health=health)
     scaling = (f"{fleet.min_replicas}..{fleet.max_replicas} replicas (autoscaling)" if fleet.autoscaling
                else f"{fleet.replicas} replica(s)")
     log.info(
@@ -316,6 +343,17 @@ def start_fleet(
         ", tokens required" if config.tokens else "",
     )
     return handle
+
+
+def _check_running_serve(config: ServerConfig, fleet: FleetOptions, reflection: bool) -> None:
+    """Serve already runs in this cluster: its proxies keep their options, so refuse ours if they differ."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    grpc_options = ray.get(controller.get_grpc_config.remote(), timeout=60)
+    http_options = ray.get(controller.get_http_config.remote(), timeout=60)
+    check_running_serve(config, fleet, grpc_options, http_options, SERVICER_FUNCTIONS, reflection)
 
 
 def _application(backend: str, config: ServerConfig, fleet: FleetOptions, *, weights: Optional[str], device: str) -> tuple[Any, Any]:
@@ -332,14 +370,16 @@ def _application(backend: str, config: ServerConfig, fleet: FleetOptions, *, wei
         max_batch=config.max_batch, max_delay_ms=config.max_delay_ms, score_threshold=config.score_threshold,
         warmup=config.warmup,
     )
+    model_options = model_deployment_options(config, fleet)
     ingress_settings = IngressSettings(
-        max_batch=config.max_batch, max_queue=config.max_queue,
-        max_queue_per_camera=config.max_queue_per_camera or max(1, config.max_queue // 4),
-        max_message_bytes=config.max_message_bytes, max_pixels=config.max_pixels,
-        score_threshold=config.score_threshold, tokens=dict(config.tokens) if config.tokens else None,
-        request_timeout_s=fleet.request_timeout_s, threads=config.max_concurrent_rpcs,
+        config=replace(config, tokens=dict(config.tokens) if config.tokens else None),
+        # One batch per replica at a time: the rest waits in the ingress's policy queue, which
+        # (not Serve's FIFO) then decides whose frame goes next.
+        slots=config.max_batch * fleet.most_replicas,
+        replicas=fleet.replicas if not fleet.autoscaling else max(1, fleet.min_replicas or 0),
+        request_timeout_s=fleet.request_timeout_s,
     )
-    model = serve.deployment(TeacherModel, name=MODEL_DEPLOYMENT).options(**model_deployment_options(config, fleet))
+    model = serve.deployment(TeacherModel, name=MODEL_DEPLOYMENT).options(**model_options)
     ingress = serve.deployment(TeacherIngress, name=INGRESS_DEPLOYMENT).options(
         num_replicas=fleet.ingress_replicas,
         max_ongoing_requests=config.max_concurrent_rpcs,
@@ -355,6 +395,7 @@ def fleet_from_args(args: dict[str, Any]) -> tuple[str, ServerConfig, FleetOptio
 
     Keys are the fields of ServerConfig and FleetOptions, plus backend, weights,
     device and tokens_file (read with the CLI's --tokens rules); unknown keys are an error.
+    host defaults to 0.0.0.0, where Serve's gRPC proxy listens.
     """
     from dataclasses import fields
 
@@ -365,7 +406,8 @@ def fleet_from_args(args: dict[str, Any]) -> tuple[str, ServerConfig, FleetOptio
     model = {k: args.pop(k) for k in ("weights", "device") if k in args}
     if "tokens_file" in args:
         args["tokens"] = tokens_from_file(args.pop("tokens_file"))
-    server_keys = {f.name for f in fields(ServerConfig)} - {"tls_cert", "tls_key"}
+    args.setdefault("host", "0.0.0.0")
+    server_keys = {f.name for f in fields(ServerConfig)}
     fleet_keys = {f.name for f in fields(FleetOptions)} - {"address"}
     unknown = set(args) - server_keys - fleet_keys
     if unknown:
@@ -380,5 +422,6 @@ def build_app(args: dict[str, Any]) -> Any:
     config file or a KubeRay RayService): the application start_fleet deploys. The config file's
     grpc_options must list SERVICER_FUNCTIONS; see docs/fleet.md."""
     backend, config, fleet, model = fleet_from_args(args)
+    check_settings(config, fleet, config_file=True)
     device = model.get("device") or ("cuda" if fleet.gpus_per_replica > 0 else "cpu")
     return _application(backend, config, fleet, weights=model.get("weights"), device=device)[0]
