@@ -10,6 +10,7 @@ import numpy as np
 from core.manifest import ArtifactError, load_manifest
 from edge_agent.nchwc import nchwc_block_size, nchwc_graphs
 from edge_agent.inference_graph import with_uint8_io
+from edge_agent.state import SnapshotUnusable
 from edge_agent.student import (StepResult, TrainBatch, check_image, restore_snapshot, save_snapshot, stage_snapshot,
                                 to_nchw)
 
@@ -50,7 +51,13 @@ class OrtTrainer:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
-    def _load(self, checkpoint: Path) -> None:
+    def _load(self, checkpoint: Path, *, snapshot: Optional[Path] = None) -> None:
+        """Load ``checkpoint`` with the artifacts' graphs: theirs, or a ``snapshot``'s from a state directory.
+
+        The artifacts' own checkpoint loaded when this trainer was built, so a
+        snapshot that fails here is the snapshot's fault (SnapshotUnusable),
+        not the artifacts' (ArtifactError, "re-export them").
+        """
         api, m, d = self.api, self.manifest, self.artifact_dir
         try:
             self.state = api.CheckpointState.load_checkpoint(str(checkpoint))
@@ -69,13 +76,37 @@ class OrtTrainer:
                 )
             self.optimizer = api.Optimizer(str(m.path(d, "optimizer")), self.module)
         except Exception as exc:
+            if snapshot is not None:
+                raise SnapshotUnusable(f"ONNX Runtime could not load its checkpoint ({exc})") from exc
             raise ArtifactError(
                 f"ONNX Runtime could not load the artifacts in {d} ({exc}); "
                 f"re-create them with: jitnet export --out {d}"
             ) from exc
+        params = self.state.parameters
+        if "logits.bias" in params:  # the head's bias: one value per class it produces
+            self._check_head(int(params["logits.bias"].data.shape[0]), "checkpoint", snapshot)
         self.optimizer.set_learning_rate(m.optimizer_learning_rate)
         self.module.train()
         self._bind_inference()
+
+    def _check_head(self, produced: int, where: str, snapshot: Optional[Path] = None) -> None:
+        """Refuse a head whose class count is not the manifest's.
+
+        A manifest edited (or copied) to list more classes than the network's
+        last layer has would train on labels the head cannot produce: the
+        student silently never learns them (accuracy ~0).  Fewer would crash
+        in the loss mid-run.  Either way the artifacts must be exported again.
+        """
+        m, d = self.manifest, self.artifact_dir
+        if produced == m.num_classes:
+            return
+        if snapshot is not None:
+            raise SnapshotUnusable(f"its {where} has a head for {produced} classes, the artifacts' for {m.num_classes}")
+        raise ArtifactError(
+            f"{d}/manifest.json lists {m.num_classes} classes {m.class_names} but the model's {where} produces "
+            f"{produced}: the manifest does not belong to this model; re-export the artifacts with: "
+            f"jitnet export --classes {','.join(m.class_names[1:])} --out {d}"
+        )
 
     def _training_model(self) -> str:
         """The training graph, with NCHWc forward convolutions where ORT has them.
@@ -125,6 +156,10 @@ class OrtTrainer:
         import onnx
 
         model = onnx.load(str(m.path(d, "inference")))
+        logits = next((o for o in model.graph.output if o.name == "logits"), None)
+        dims = logits.type.tensor_type.shape.dim if logits is not None else []
+        if len(dims) == 4 and dims[1].HasField("dim_value"):  # (N, classes, H, W) with a fixed class count
+            self._check_head(dims[1].dim_value, "inference graph")
         block = nchwc_block_size()
         self._param_views = []
         self._pack_outputs: list = []
@@ -264,7 +299,7 @@ class OrtTrainer:
         def load(folder: Path, record: dict) -> None:
             before = dict(self.__dict__)
             try:  # all or nothing: a snapshot that fails half-way leaves the trainer as it was
-                self._load(folder / "checkpoint")
+                self._load(folder / "checkpoint", snapshot=folder)
             except BaseException:
                 self.__dict__.clear()
                 self.__dict__.update(before)

@@ -3,7 +3,11 @@
 A snapshot is a directory written under a temporary name, checksummed, synced
 and then renamed into place, so a crash mid-write leaves at worst a stray
 temporary folder, never a half-written snapshot.  Restoring walks snapshots
-newest first and takes the first whose checksums verify.
+newest first and takes the first whose checksums verify and whose content
+loads.  One that does not (disk corruption, or content that checksums cannot
+see is wrong, e.g. a checkpoint of another network) is moved aside as
+``rejected-snapshot-N-NANOSECONDS``: kept as evidence, never restored again, never
+deleted by the retention of newer snapshots.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ log = logging.getLogger(__name__)
 
 META = "snapshot.json"
 PREFIX = "snapshot-"
+REJECTED = "rejected-"
 LOCK = ".lock"
 
 # Staging folders this process has filled but not yet published (a background
@@ -34,6 +39,33 @@ _STAGED_LOCK = threading.Lock()
 
 class StateLocked(RuntimeError):
     """Another agent writes this state directory."""
+
+
+class StateDirError(RuntimeError):
+    """The state directory cannot be created or is not a directory."""
+
+
+class SnapshotUnusable(RuntimeError):
+    """A snapshot whose checksums verify but whose content the trainer cannot load."""
+
+
+def ensure_state_dir(root: Path | str) -> Path:
+    """Create ``root`` if needed; a path that is a file gets a one-line error saying what to do."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise StateDirError(
+            f"state directory {root} is a file, not a directory; pass a directory as --state "
+            "(state_dir=): it is created if missing, so a new name works, or move the file away"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((a for a in root.parents if a.exists() and not a.is_dir()), None)
+        why = f"{blocker} is a file" if blocker is not None else (exc.strerror or str(exc))
+        raise StateDirError(
+            f"cannot create the state directory {root} ({why}); pass a directory you can write to as --state"
+        ) from exc
+    return root
 
 
 class StateLock:
@@ -57,7 +89,7 @@ class StateLock:
         return cls._held.get(str(Path(root).resolve()))
 
     def acquire(self) -> "StateLock":
-        self.root.mkdir(parents=True, exist_ok=True)
+        ensure_state_dir(self.root)
         fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,7 +166,7 @@ class SnapshotStore:
         Holds the directory's lock while it writes (the one this process already
         holds, else a temporary one): a second writer fails with StateLocked.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        ensure_state_dir(self.root)
         if StateLock.held(self.root) is not None:
             return self._save_locked(write, meta)
         with StateLock(self.root):
@@ -147,7 +179,7 @@ class SnapshotStore:
         change mid-copy); checksums, fsyncs and the atomic rename can then run
         on a background writer, off the frame thread.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        ensure_state_dir(self.root)
         tmp = self.root / f".tmp-{os.getpid()}-{time.monotonic_ns()}"
         tmp.mkdir()
         with _STAGED_LOCK:
@@ -238,21 +270,40 @@ class SnapshotStore:
 
         ``load`` must be all-or-nothing (build everything, then assign): when it
         raises, the trainer is as it was and the next older snapshot is tried.
+        A snapshot that fails either way is moved aside (:meth:`reject`), so
+        it is neither tried again at every start nor deleted as an old one.
         """
+        rejected = []
         for snapshot in self.snapshots():
             record = self.verify(snapshot)
             if record is None:
-                log.warning("skipping corrupt or incomplete snapshot %s", snapshot)
+                rejected.append(self.reject(snapshot, "corrupt or incomplete: its files do not match their checksums"))
                 continue
             try:
                 load(snapshot, record)
             except fatal:
                 raise
             except Exception as exc:  # noqa: BLE001 - an unreadable snapshot falls back to an older one
-                log.warning("could not restore %s (%s); trying an older snapshot", snapshot, exc)
+                rejected.append(self.reject(snapshot, f"corrupt or incompatible with this student ({exc})"))
                 continue
             return snapshot, record
+        if rejected:
+            log.warning("no usable snapshot in the state directory %s: the student starts fresh "
+                        "(the rejected ones are kept: %s)", self.root, ", ".join(str(p) for p in rejected))
         return None
+
+    def reject(self, snapshot: Path, why: str) -> Path:
+        """Move a snapshot that cannot be restored out of the way, keeping it for inspection; where it went."""
+        target = self.root / f"{REJECTED}{snapshot.name}-{time.time_ns()}"
+        try:
+            os.replace(snapshot, target)
+        except OSError as exc:
+            log.warning("snapshot %s in the state directory is %s; could not move it aside (%s), "
+                        "trying an older one", snapshot, why, exc)
+            return snapshot
+        log.warning("snapshot %s in the state directory is %s; moved it to %s (delete it once looked at) "
+                    "and trying an older one", snapshot, why, target)
+        return target
 
     def latest(self) -> Optional[tuple[Path, dict[str, Any]]]:
         """The newest intact snapshot; corrupt ones are logged and skipped."""

@@ -155,14 +155,6 @@ class SnapshotWriter:
         self._executor.shutdown(wait=True)
 
 
-def latest_snapshot(trainer: Trainer, state_dir: Path | str):
-    """The newest intact snapshot for this student, or None; refuses another student's state."""
-    found = SnapshotStore(state_dir).latest()
-    if found is not None:
-        _check_identity(found[1], trainer.manifest, trainer.backend, found[0])
-    return found
-
-
 def restore_snapshot(trainer: Trainer, state_dir: Path | str, load) -> Optional[tuple[Path, dict]]:
     """``load(folder, record)`` the newest snapshot of this student that loads; older ones are the fallback.
 
