@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from core.digest import sha256_file
+from export.pretrain.card import card_of
 
 
 def sha256_of(path: Path) -> str:
@@ -44,10 +45,6 @@ REBUILD = "make pretrained"
 
 class InitError(ValueError):
     """``--init`` names something unusable; the message is one line that says what to do."""
-
-
-def card_of(checkpoint: Path) -> Path:
-    return checkpoint.with_suffix(".json")
 
 
 def shipped_checkpoint(width: float = 0.5) -> Optional[Path]:

