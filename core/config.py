@@ -52,7 +52,7 @@ class DistillConfig:
         "flow", "each frame's output: 'flow' = the last teacher answer carried by optical flow where it is still "
         "consistent, the student elsewhere; 'none' = the student alone (the paper's tables)", choices=FUSIONS)
     fusion_max_age: int = _knob(
-        32, "with fusion=flow: a teacher answer is carried at most this many frames (and late answers are "
+        64, "with fusion=flow: a teacher answer is carried at most this many frames (and late answers are "
         "replayed through at most this many flow steps)")
 
     def __post_init__(self) -> None:

@@ -140,21 +140,31 @@ def evaluate_stream(
     start: StudentStart,
     cache: Any,
     options: StreamEvalOptions,
+    *,
+    labels: Optional[Sequence[np.ndarray]] = None,
 ) -> tuple[dict[str, Any], list[MethodRun], list[np.ndarray]]:
     """Run every requested method on ``frames``; returns (report, runs, teacher labels).
 
-    ``teacher`` is a ``TeacherSource``; ``cache`` a ``LabelCache``.
+    ``teacher`` is a ``TeacherSource``; ``cache`` a ``LabelCache``.  ``labels``:
+    the teacher's labels of every frame when they were assembled elsewhere (a
+    stream built from several cached clips); the teacher is then timed on
+    ``options.time_teacher_frames`` fresh calls.
     """
     from core.geometry import Geometry
     from core.manifest import load_manifest
-    from evaluation.teacher_labels import label_video, teacher_gflops, timed_teacher_ms
+    from evaluation.teacher_labels import VideoLabels, label_video, teacher_gflops, timed_teacher_ms
 
     if not frames:
         raise ValueError(f"no frames read from {video}")
     groups = list(options.classes)
     n = len(frames)
     t_label = time.perf_counter()
-    vl = label_video(video, frames, teacher, groups, cache, extra=f"scale={options.scale:g}")
+    if labels is not None:
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} label maps for {n} frames")
+        vl = VideoLabels(list(labels), None, Path("-"), n, 0, [])
+    else:
+        vl = label_video(video, frames, teacher, groups, cache, extra=f"scale={options.scale:g}")
     label_s = time.perf_counter() - t_label
     labels = vl.labels
     teacher_ms = vl.teacher_ms

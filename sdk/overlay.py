@@ -152,6 +152,23 @@ def side_by_side(*images: np.ndarray, titles: Optional[Sequence[str]] = None, ga
     return np.ascontiguousarray(np.concatenate(panels, axis=1))
 
 
+def result_caption(result: Any) -> str:
+    """One line about where a frame's labels came from: the teacher, its carried answer, or the student."""
+    if result.teacher_labelled and result.teacher_index == result.index:
+        source = "teacher"
+    elif result.carried_age is not None and result.carried_fraction > 0:
+        source = f"carried teacher answer on {100 * result.carried_fraction:.0f}% (age {result.carried_age}), student elsewhere"
+    else:
+        source = "student"
+    cut = " | scene cut" if getattr(result, "scene_cut", False) else ""
+    return f"frame {result.index} | {source} | stride {result.stride} | teacher {result.teacher_state}{cut}"
+
+
+def with_caption(image: np.ndarray, caption: str) -> np.ndarray:
+    """``image`` with ``caption`` in a bar above it (the bar's height does not depend on the text)."""
+    return _with_title(image, caption)
+
+
 def _with_title(image: np.ndarray, title: str) -> np.ndarray:
     scale = max(0.45, min(1.0, image.shape[0] / 600))
     # The bar's height comes from a fixed reference string, not the title,

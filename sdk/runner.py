@@ -56,7 +56,7 @@ def run_stream(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Segment ``source`` and return the run's summary (see :meth:`RunTotals.summary`)."""
-    from sdk.overlay import OverlayWriter, overlay
+    from sdk.overlay import OverlayWriter, overlay, result_caption, with_caption
     from sdk.results import JsonlLog
 
     names = session.trainer.manifest.class_names[1:]
@@ -86,7 +86,7 @@ def run_stream(
                 if jsonl is not None:
                     jsonl.write(record)
                 if writer is not None:
-                    writer.write(overlay(r.image, r.labels, class_names=names))
+                    writer.write(with_caption(overlay(r.image, r.labels, class_names=names), result_caption(r)))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(fps=f"{(i + 1) / (time.perf_counter() - start):.1f}",
