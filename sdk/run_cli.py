@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    from sdk.session import SessionOptions as O
+
     parser.add_argument("--classes", default="person", help="class groups, e.g. person,auto")
     parser.add_argument("--artifacts", type=Path, help="artifact directory from `jitnet export` (default: exported on first use)")
     parser.add_argument("--width", type=float, default=0.5, help="student width when exporting on first use")
@@ -22,6 +24,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("ort", "torch"), default="ort")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--state", type=Path, help="state directory: restore at start, save periodically and on exit")
+    parser.add_argument("--save-every-s", type=_positive_float, default=O.save_every_s, metavar="SECONDS",
+                        help="with --state: snapshot the student this often, and once after its first teacher "
+                             "update (default %(default)s)")
     parser.add_argument("--out", type=Path, help="overlay video to write (.mp4)")
     parser.add_argument("--log", type=Path, help="per-frame JSONL log")
     parser.add_argument("--max-frames", type=int)
@@ -44,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start even if the teacher does not answer (segment with the current student)")
     add_field_arguments(parser)
     add_common_arguments(parser)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -85,6 +97,7 @@ def open_session(args: argparse.Namespace, teacher: str, *, strict: bool = True)
         backend=args.backend,
         device=args.device,
         state_dir=args.state,
+        save_every_s=args.save_every_s,
         token=getattr(args, "token", None),
         camera_id=getattr(args, "camera_id", "cam0"),
         root_cert=getattr(args, "root_cert", None),

@@ -71,6 +71,8 @@ class SessionOptions:
     device: str = "auto"
     threads: Optional[int] = None
     state_dir: Optional[Path] = None
+    #: Snapshot the student into state_dir this often (a background writer; the frame goes on), and
+    #: also right after its first teacher update (see Session._maybe_save).
     save_every_s: float = 60.0
     camera_id: str = "cam0"
     token: Optional[str] = None
@@ -138,6 +140,8 @@ class Session:
             self.close()  # an embedded teacher started above must not outlive a failed connect
             raise
         self._last_save = time.monotonic()
+        self._steps_at_start = self.trainer.steps  # what a restore brought back is on disk already
+        self._lesson_saved = False
 
     def _start_embedded(self, url: str) -> str:
         from teacher_server.server import start_server
@@ -205,8 +209,20 @@ class Session:
                 self.save()
 
     def _maybe_save(self) -> None:
-        """The periodic snapshot: copied here, written by a background thread (the frame goes on)."""
-        if self.options.state_dir is None or time.monotonic() - self._last_save < self.options.save_every_s:
+        """The periodic snapshot: copied here, written by a background thread (the frame goes on).
+
+        Every ``save_every_s`` seconds, and once as soon as the student has
+        taken its first training steps in this session.  The first lesson is
+        the most valuable one (it adapts a generic student to this scene) and
+        the first minute the likeliest to be cut short (a device being
+        installed, a flaky supply), so it is not left to wait for the timer;
+        after that the cost stays at one snapshot per interval.
+        """
+        if self.options.state_dir is None:
+            return
+        learnt = self.trainer.steps > self._steps_at_start
+        first_lesson = learnt and not self._lesson_saved
+        if not first_lesson and time.monotonic() - self._last_save < self.options.save_every_s:
             return
         from edge_agent.student import SnapshotWriter
 
@@ -215,6 +231,7 @@ class Session:
         if self._writer.busy():  # a slow disk: never queue a second copy behind the first
             return
         self._last_save = time.monotonic()
+        self._lesson_saved = self._lesson_saved or learnt
         self._writer.save(self.trainer, self.options.state_dir)
 
     def save(self) -> Optional[Path]:
@@ -278,6 +295,8 @@ def connect(
     if unknown:
         raise TypeError(f"unknown options {sorted(unknown)}; see sdk.session.SessionOptions")
     opts = SessionOptions(**options)
+    if not opts.save_every_s > 0:
+        raise ValueError(f"save_every_s must be > 0 seconds, got {opts.save_every_s}")
     if isinstance(opts.classes, str):
         opts.classes = tuple(c.strip() for c in opts.classes.split(",") if c.strip())
     opts.classes = tuple(opts.classes)
