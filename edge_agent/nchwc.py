@@ -83,7 +83,7 @@ def nchwc_graphs(
     With ``inline_pack`` (the training graph, whose weights change every
     step) the packing stays inside the graph and no packing graph is made.
     Convolutions whose weights are computed in the graph (the transposed,
-    flipped weights of :func:`export.artifacts.conv_input_grads_as_conv`)
+    flipped weights of :func:`export.graph_rewrites.conv_input_grads_as_conv`)
     are rewritten too when their shape can be traced back to a parameter.
     Convolutions with kernels smaller than ``min_kernel_area`` (1x1, 1x3,
     3x1) stay NCHW: their activation reorders cost about what they save.
