@@ -9,168 +9,19 @@ dropped without being computed.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from teacher_server.admission import ServiceTimes, plan_batch, wait_estimate
+from teacher_server.admission import DeadlineAdmission, ServiceTimes, TooLate, plan_batch
+from teacher_server.jobs import DeadlineExpired, Job, QueueFull, ShuttingDown
+from teacher_server.scheduling import FairQueue, make_queue
+
+__all__ = ["BatcherStats", "DeadlineExpired", "DynamicBatcher", "FairQueue", "Job", "QueueFull", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(Exception):
-    """Backpressure: try again after `retry_after_s` seconds."""
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class ShuttingDown(Exception):
-    """The batcher no longer accepts or computes work."""
-
-
-class DeadlineExpired(Exception):
-    """The job's deadline passed while it waited; it was not computed."""
-
-
-@dataclass(eq=False)
-class Job:
-    """One request waiting for its batch; its result arrives on `future`."""
-
-    camera_id: str
-    payload: Any
-    deadline: Optional[float]  # time.monotonic() seconds, None = no deadline
-    enqueued_at: float = field(default_factory=time.monotonic)
-    future: Future = field(default_factory=Future)
-    #: Filled in when the job's batch runs.
-    started_at: Optional[float] = None
-    batch_size: int = 0
-    #: The student's need (core.need.NeedSignal) when the request carried one; the `need` policy ranks by it.
-    need: Optional[Any] = None
-    #: Set by the `need` policy when the teacher is saturated: the answer's stride_stretch hint.
-    stride_stretch: float = 1.0
-
-
-class FairQueue:
-    """Per-camera FIFO queues served round-robin, bounded in total and per camera.
-
-    Not thread-safe on its own: DynamicBatcher holds its lock around every call.
-    """
-
-    def __init__(self, max_total: int, max_per_camera: int) -> None:
-        if max_total < 1 or max_per_camera < 1:
-            raise ValueError("queue bounds must be >= 1")
-        self.max_total = max_total
-        self.max_per_camera = max_per_camera
-        self._queues: dict[str, collections.deque[Job]] = {}
-        self._ring: collections.deque[str] = collections.deque()  # cameras with work, in serving order
-        self._total = 0
-
-    def __len__(self) -> int:
-        return self._total
-
-    def depth(self, camera_id: str) -> int:
-        q = self._queues.get(camera_id)
-        return len(q) if q else 0
-
-    def oldest_enqueued_at(self) -> Optional[float]:
-        heads = [q[0].enqueued_at for q in self._queues.values() if q]
-        return min(heads) if heads else None
-
-    def put(self, job: Job) -> Optional[Job]:
-        """Admit `job`; returns a job pushed out to make room, or raises QueueFull.
-
-        When the queue is full, a camera holding fewer jobs than the busiest
-        one still gets in: the busiest camera's newest job is pushed out.
-        """
-        own = self.depth(job.camera_id)
-        if own >= self.max_per_camera:
-            raise QueueFull(f"camera {job.camera_id!r} already has {own} frames queued (limit {self.max_per_camera})", 0.0)
-        evicted = None
-        if self._total >= self.max_total:
-            busiest = max(self._queues, key=lambda c: len(self._queues[c]))
-            if len(self._queues[busiest]) <= own + 1:
-                raise QueueFull(f"teacher queue is full ({self._total} frames)", 0.0)
-            evicted = self._queues[busiest].pop()
-            self._total -= 1
-            self._forget_if_empty(busiest)
-        q = self._queues.setdefault(job.camera_id, collections.deque())
-        if not q:
-            self._ring.append(job.camera_id)
-        q.append(job)
-        self._total += 1
-        return evicted
-
-    def discard(self, job: Job) -> bool:
-        """Remove a queued job (its caller went away); False if it was not queued."""
-        q = self._queues.get(job.camera_id)
-        if not q:
-            return False
-        try:
-            q.remove(job)
-        except ValueError:
-            return False
-        self._total -= 1
-        self._forget_if_empty(job.camera_id)
-        return True
-
-    def pop_batch(self, max_size: int, now: float) -> tuple[list[Job], list[Job]]:
-        """Up to max_size live jobs, one camera at a time in turn; plus the expired ones dropped."""
-        batch: list[Job] = []
-        expired: list[Job] = []
-        while self._ring and len(batch) < max_size:
-            camera = self._ring.popleft()
-            q = self._queues[camera]
-            job = q.popleft()
-            self._total -= 1
-            if q:
-                self._ring.append(camera)
-            else:
-                del self._queues[camera]
-            if job.future.cancelled():
-                continue
-            if job.deadline is not None and job.deadline <= now:
-                expired.append(job)
-                continue
-            batch.append(job)
-        return batch, expired
-
-    def unpop(self, jobs: Sequence[Job]) -> None:
-        """Put jobs taken by pop_batch back at the head of their queues (the next batch takes them first)."""
-        for job in reversed(jobs):
-            q = self._queues.get(job.camera_id)
-            if not q:
-                q = self._queues[job.camera_id] = collections.deque()
-                if job.camera_id in self._ring:
-                    self._ring.remove(job.camera_id)
-                self._ring.appendleft(job.camera_id)
-            q.appendleft(job)
-            self._total += 1
-
-    def ahead_of(self, camera_id: str) -> int:
-        """Jobs served before a new job of `camera_id` in round-robin order (an estimate for other orders)."""
-        own = self.depth(camera_id)
-        return sum(min(len(q), own + 1) for c, q in self._queues.items() if c != camera_id) + own
-
-    def drain(self) -> list[Job]:
-        jobs = [j for q in self._queues.values() for j in q]
-        self._queues.clear()
-        self._ring.clear()
-        self._total = 0
-        return jobs
-
-    def _forget_if_empty(self, camera: str) -> None:
-        if not self._queues.get(camera):
-            self._queues.pop(camera, None)
-            try:
-                self._ring.remove(camera)
-            except ValueError:
-                pass
 
 
 @dataclass
@@ -189,6 +40,8 @@ class BatcherStats:
     busy_s: float = 0.0
     #: Refused at admission because the measured service time said they would miss their deadline.
     refused_late: int = 0
+    #: Admitted although the estimate said no: an idle server that had refused everything for a while.
+    probes: int = 0
 
     @property
     def mean_batch(self) -> float:
@@ -234,8 +87,6 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self._process = process
         self._on_batch = on_batch
-        from teacher_server.scheduling import make_queue  # the policies build on FairQueue
-
         #: Who is served first when frames wait: fair (round-robin) or need (teacher_server.scheduling).
         self.policy = policy
         self._queue = make_queue(policy, max_queue, min(per_camera, max_queue))
@@ -243,13 +94,17 @@ class DynamicBatcher:
         self._accepting = False
         self._stopping = False
         self._busy = 0
-        self._batch_seconds = 0.0  # moving average of one batch's compute time
         #: Refuse what cannot finish by its deadline and size batches to deadlines (teacher_server.admission).
         self.deadline_admission = deadline_admission
-        self._times = ServiceTimes()
+        self._admission = DeadlineAdmission(max_batch=max_batch, delay_s=max_delay_s)
         self._running: Optional[tuple[float, int]] = None  # (start, size) of the batch being computed
         self.stats = BatcherStats()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def _times(self) -> ServiceTimes:
+        """The measured batch times (admission.ServiceTimes)."""
+        return self._admission.times
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "DynamicBatcher":
@@ -289,14 +144,34 @@ class DynamicBatcher:
             self._thread.join()
 
     # -- producers -----------------------------------------------------------------------
-    def submit(self, camera_id: str, payload: Any, deadline: Optional[float] = None, need: Optional[Any] = None) -> Job:
-        """Queue one job; raises QueueFull (with a retry-after hint) or ShuttingDown."""
+    def precheck(self, camera_id: str, deadline: Optional[float] = None) -> bool:
+        """Would a frame of `camera_id` get in now? Raises QueueFull (with a hint) or ShuttingDown.
+
+        Asked before the frame is decoded, so a refusal costs no decoding; pass
+        the answer to submit(checked=...) (True: admit it as a probe).
+        """
+        with self._cond:
+            if not self._accepting:
+                raise ShuttingDown("the teacher is shutting down; try another server or retry later")
+            try:
+                self._queue.check(camera_id)
+            except QueueFull as exc:
+                self.stats.rejected += 1
+                raise QueueFull(str(exc), self._retry_after_locked()) from None
+            return self._admit_locked(camera_id, deadline)
+
+    def submit(self, camera_id: str, payload: Any, deadline: Optional[float] = None, need: Optional[Any] = None,
+               *, checked: Optional[bool] = None) -> Job:
+        """Queue one job; raises QueueFull (with a retry-after hint) or ShuttingDown.
+
+        `checked` is precheck's answer when it was asked: a probe is admitted as such; any other frame is
+        checked again against the queue as it is now (other frames may have got in while this one was decoded).
+        """
         job = Job(camera_id=camera_id, payload=payload, deadline=deadline, need=need)
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("the teacher is shutting down; try another server or retry later")
-            if self.deadline_admission and deadline is not None:
-                self._admit_locked(job)
+            job.probe = True if checked else self._admit_locked(camera_id, deadline)
             try:
                 evicted = self._queue.put(job)
             except QueueFull as exc:
@@ -322,6 +197,17 @@ class DynamicBatcher:
             job.future.cancel()
         return removed
 
+    def forget_camera(self, camera_id: str) -> None:
+        """The camera has been gone a while: drop what the queue policy remembers of it (if nothing is queued)."""
+        with self._cond:
+            if not self._queue.depth(camera_id):
+                self._queue.forget_camera(camera_id)
+
+    def remembered_cameras(self) -> int:
+        """Cameras the queue policy keeps state for (bounded: see forget_camera)."""
+        with self._cond:
+            return self._queue.remembered()
+
     def queue_depth(self) -> int:
         with self._cond:
             return len(self._queue)
@@ -330,30 +216,32 @@ class DynamicBatcher:
         with self._cond:
             return self._retry_after_locked()
 
-    def _admit_locked(self, job: Job) -> None:
-        """Refuse `job` (QueueFull with a retry-after hint) if it would be answered after its deadline."""
+    def _admit_locked(self, camera_id: str, deadline: Optional[float]) -> bool:
+        """False: admitted; True: admitted as a probe; QueueFull (with a hint) if it would be answered too late."""
+        if not self.deadline_admission or deadline is None:
+            return False
         now = time.monotonic()
         running_left = 0.0
         if self._running is not None:
-            started, size = self._running
-            running_left = max(0.0, started + (self._times.estimate(size) or 0.0) - now)
-        wait = wait_estimate(self._times, self._queue.ahead_of(job.camera_id), self.max_batch, running_left, self.max_delay_s)
-        if wait is None or now + wait <= job.deadline:
-            return
-        self.stats.rejected += 1
-        self.stats.refused_late += 1
-        remaining = job.deadline - now
-        raise QueueFull(
-            f"the teacher cannot answer within this request's deadline ({remaining * 1e3:.0f} ms left, "
-            f"about {wait * 1e3:.0f} ms of work ahead); resend later or with a longer deadline",
-            max(0.05, wait - max(0.0, remaining)),
-        )
+            running_left = self._admission.running_left(*self._running, now)
+        idle = self._running is None and not len(self._queue)
+        try:
+            probe = self._admission.check(now, deadline, self._queue.ahead_of(camera_id), running_left, idle)
+        except TooLate as exc:
+            self.stats.rejected += 1
+            self.stats.refused_late += 1
+            raise QueueFull(str(exc), exc.retry_after_s) from None
+        self.stats.probes += probe
+        return probe
 
     def _retry_after_locked(self) -> float:
-        """How long until the queue has room: batches ahead times their recent cost."""
-        per_batch = self._batch_seconds or 0.1
-        batches_ahead = len(self._queue) / self.max_batch + 1
-        return max(0.05, per_batch * batches_ahead)
+        """How long until the queue has room: the batch running now and the batches queued, by their measured times."""
+        now = time.monotonic()
+        queued = len(self._queue)
+        batches = queued // self.max_batch + 1
+        per_batch = self._times.estimate(min(self.max_batch, max(1, queued)), now) or 0.1
+        running_left = self._admission.running_left(*self._running, now) if self._running is not None else 0.0
+        return max(0.05, running_left + per_batch * batches)
 
     # -- the worker ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -411,7 +299,8 @@ class DynamicBatcher:
             if len(batch) > 1:
                 log.warning("batch of %d failed (%s); retrying its frames one by one", len(batch), exc)
                 for job in batch:
-                    self._compute_one(job)
+                    job.batch_size = 1
+                    self._compute([job])
                 return
             log.exception("teacher failed on a frame from camera %r", batch[0].camera_id)
             with self._cond:
@@ -423,32 +312,11 @@ class DynamicBatcher:
             self.stats.computed += len(batch)
             self.stats.batches += 1
             self.stats.busy_s += elapsed
-            self._times.observe(len(batch), elapsed)
-            self._batch_seconds = elapsed if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * elapsed
+            self._admission.observe(len(batch), elapsed)
         # Answer first: a failing metrics hook must never leave a request unanswered.
         for job, result in zip(batch, results):
             _resolve(job, result)
         self._notify_batch(len(batch), elapsed)
-
-    def _compute_one(self, job: Job) -> None:
-        job.batch_size = 1
-        start = time.monotonic()
-        try:
-            result = list(self._process([job.payload]))[0]
-        except Exception as exc:  # noqa: BLE001
-            log.exception("teacher failed on a frame from camera %r", job.camera_id)
-            with self._cond:
-                self.stats.failed += 1
-            job.future.set_exception(exc)
-            return
-        elapsed = time.monotonic() - start
-        with self._cond:
-            self.stats.computed += 1
-            self.stats.batches += 1
-            self.stats.busy_s += elapsed
-            self._times.observe(1, elapsed)
-        _resolve(job, result)
-        self._notify_batch(1, elapsed)
 
     def _notify_batch(self, size: int, seconds: float) -> None:
         if self._on_batch is None:

@@ -1,6 +1,6 @@
 """Who the teacher serves next when it cannot serve everyone: queue policies.
 
-``fair`` (batcher.FairQueue) gives every camera an equal turn whatever its
+``fair`` (FairQueue, this file) gives every camera an equal turn whatever its
 student needs. ``need`` (NeedQueue, this file) spends the teacher where it buys
 accuracy: among the cameras waiting, the one whose student is furthest below
 its threshold goes first. Three rules keep that honest:
@@ -24,10 +24,11 @@ simulation in video time (bench/fleet.py) runs the very same code.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import collections
+from typing import Any, Optional, Sequence
 
 from core.need import NeedSignal
-from teacher_server.batcher import FairQueue, Job
+from teacher_server.jobs import Job, QueueFull
 
 POLICIES = ("fair", "need")
 
@@ -44,6 +45,147 @@ def need_from_request(request: Any) -> Optional[NeedSignal]:
         stride=int(n.stride),
         frames_since_teacher=int(n.frames_since_teacher),
     )
+
+
+class FairQueue:
+    """Per-camera FIFO queues served round-robin, bounded in total and per camera.
+
+    Not thread-safe on its own: DynamicBatcher holds its lock around every call.
+    Subclasses change only who goes next (`_next`) and what a served job is told
+    (`_serving`); dropping cancelled and expired jobs is done here, once.
+    """
+
+    def __init__(self, max_total: int, max_per_camera: int) -> None:
+        if max_total < 1 or max_per_camera < 1:
+            raise ValueError("queue bounds must be >= 1")
+        self.max_total = max_total
+        self.max_per_camera = max_per_camera
+        self._queues: dict[str, collections.deque[Job]] = {}
+        self._ring: collections.deque[str] = collections.deque()  # cameras with work, in serving order
+        self._total = 0
+
+    def __len__(self) -> int:
+        return self._total
+
+    def depth(self, camera_id: str) -> int:
+        q = self._queues.get(camera_id)
+        return len(q) if q else 0
+
+    def oldest_enqueued_at(self) -> Optional[float]:
+        heads = [q[0].enqueued_at for q in self._queues.values() if q]
+        return min(heads) if heads else None
+
+    def check(self, camera_id: str) -> None:
+        """Raise QueueFull (no hint yet) if a new job of `camera_id` could not get in now."""
+        own = self.depth(camera_id)
+        if own >= self.max_per_camera:
+            raise QueueFull(f"camera {camera_id!r} already has {own} frames queued (limit {self.max_per_camera})", 0.0)
+        if self._total >= self.max_total:
+            busiest = max(self._queues, key=lambda c: len(self._queues[c]))
+            if len(self._queues[busiest]) <= own + 1:
+                raise QueueFull(f"teacher queue is full ({self._total} frames)", 0.0)
+
+    def put(self, job: Job) -> Optional[Job]:
+        """Admit `job`; returns a job pushed out to make room, or raises QueueFull.
+
+        When the queue is full, a camera holding fewer jobs than the busiest
+        one still gets in: the busiest camera's newest job is pushed out.
+        """
+        self.check(job.camera_id)
+        evicted = None
+        if self._total >= self.max_total:
+            busiest = max(self._queues, key=lambda c: len(self._queues[c]))
+            evicted = self._queues[busiest].pop()
+            self._total -= 1
+            self._forget_if_empty(busiest)
+        q = self._queues.setdefault(job.camera_id, collections.deque())
+        if not q:
+            self._ring.append(job.camera_id)
+        q.append(job)
+        self._total += 1
+        return evicted
+
+    def discard(self, job: Job) -> bool:
+        """Remove a queued job (its caller went away); False if it was not queued."""
+        q = self._queues.get(job.camera_id)
+        if not q:
+            return False
+        try:
+            q.remove(job)
+        except ValueError:
+            return False
+        self._total -= 1
+        self._forget_if_empty(job.camera_id)
+        return True
+
+    def pop_batch(self, max_size: int, now: float) -> tuple[list[Job], list[Job]]:
+        """Up to max_size live jobs in the policy's order; plus the expired ones, dropped."""
+        batch: list[Job] = []
+        expired: list[Job] = []
+        while self._total and len(batch) < max_size:
+            job = self._next(now)
+            if job.future.cancelled():
+                continue
+            if job.deadline is not None and job.deadline <= now:
+                expired.append(job)
+                continue
+            self._serving(job, now)
+            batch.append(job)
+        return batch, expired
+
+    def _next(self, now: float) -> Job:
+        """Take the next job off its queue: the head of the next camera in turn."""
+        camera = self._ring.popleft()
+        q = self._queues[camera]
+        job = q.popleft()
+        self._total -= 1
+        if q:
+            self._ring.append(camera)
+        else:
+            del self._queues[camera]
+        return job
+
+    def _serving(self, job: Job, now: float) -> None:
+        """`job` goes into the batch now (the need policy sets its stretch hint here)."""
+
+    def unpop(self, jobs: Sequence[Job]) -> None:
+        """Put jobs taken by pop_batch back at the head of their queues (the next batch takes them first)."""
+        for job in reversed(jobs):
+            q = self._queues.get(job.camera_id)
+            if not q:
+                q = self._queues[job.camera_id] = collections.deque()
+                if job.camera_id in self._ring:
+                    self._ring.remove(job.camera_id)
+                self._ring.appendleft(job.camera_id)
+            q.appendleft(job)
+            self._total += 1
+
+    def ahead_of(self, camera_id: str) -> int:
+        """Jobs served before a new job of `camera_id` in round-robin order (an estimate for other orders)."""
+        own = self.depth(camera_id)
+        return sum(min(len(q), own + 1) for c, q in self._queues.items() if c != camera_id) + own
+
+    def drain(self) -> list[Job]:
+        jobs = [j for q in self._queues.values() for j in q]
+        self._queues.clear()
+        self._ring.clear()
+        self._total = 0
+        return jobs
+
+    def forget_camera(self, camera: str) -> None:
+        """Drop what is remembered of a camera that has gone (round-robin keeps nothing beyond its queue)."""
+
+    def remembered(self) -> int:
+        """Cameras the policy keeps state for beyond their queued jobs (bounded by forget_camera)."""
+        return 0
+
+    def _forget_if_empty(self, camera: str) -> None:
+        if not self._queues.get(camera):
+            self._queues.pop(camera, None)
+            try:
+                self._ring.remove(camera)
+            except ValueError:
+                pass
 
 
 class NeedQueue(FairQueue):
@@ -104,21 +246,16 @@ class NeedQueue(FairQueue):
 
         return sorted(heads, key=key)
 
-    def pop_batch(self, max_size: int, now: float) -> tuple[list[Job], list[Job]]:
-        batch: list[Job] = []
-        expired: list[Job] = []
-        while self._queues and len(batch) < max_size:
-            heads = [q[0] for q in self._queues.values() if q]
-            job = self._rank(heads, now)[0]
-            self._remove_head(job.camera_id)
-            if job.future.cancelled():
-                continue
-            if job.deadline is not None and job.deadline <= now:
-                expired.append(job)
-                continue
-            job.stride_stretch = self.stretch_for(job, now)
-            batch.append(job)
-        return batch, expired
+    def _next(self, now: float) -> Job:
+        heads = [q[0] for q in self._queues.values() if q]
+        job = self._rank(heads, now)[0]
+        self._queues[job.camera_id].popleft()
+        self._total -= 1
+        self._forget_if_empty(job.camera_id)
+        return job
+
+    def _serving(self, job: Job, now: float) -> None:
+        job.stride_stretch = self.stretch_for(job, now)
 
     def stretch_for(self, job: Job, now: float) -> float:
         """How much longer the camera should wait before its next request (1 = as its stride says).
@@ -136,16 +273,13 @@ class NeedQueue(FairQueue):
             return 1.0
         return min(self.max_stretch, 1.0 + waited / interval)
 
-    def _remove_head(self, camera: str) -> None:
-        q = self._queues[camera]
-        q.popleft()
-        self._total -= 1
-        self._forget_if_empty(camera)
-
     def forget_camera(self, camera: str) -> None:
-        """Drop what is remembered of a camera's pace (it disconnected)."""
+        """Drop what is remembered of a camera's pace (it has been gone a while; the server calls this)."""
         self._last_put.pop(camera, None)
         self._interval.pop(camera, None)
+
+    def remembered(self) -> int:
+        return len(self._last_put)
 
 
 def make_queue(policy: str, max_total: int, max_per_camera: int, **options: Any) -> FairQueue:
