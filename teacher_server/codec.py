@@ -3,15 +3,21 @@
 A bad frame must be refused with a message the camera's operator can act on,
 before it costs model time or memory: corrupt or truncated files, empty
 frames, raw buffers that do not match their declared shape, and images whose
-header claims more pixels than the server accepts.
+header claims more pixels than the server accepts. What the image libraries
+print about a bad frame is kept off stderr and logged at a bounded rate.
 """
 from __future__ import annotations
 
+import logging
 import struct
 from typing import Optional
 
 import cv2
 import numpy as np
+
+from core.codec_messages import RateLimitedWarning, quiet_decode
+
+log = logging.getLogger(__name__)
 
 #: Refuse frames with more pixels than this: DCI 4K (4096x2160, 8.8 Mpx, 26.5 MB decoded). The
 #: header is checked before decoding, so a small file that claims a huge image costs nothing.
@@ -19,6 +25,8 @@ DEFAULT_MAX_PIXELS = 4096 * 2160
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+#: libjpeg/libpng print a line per bad frame to stderr; they are captured and logged at most this often.
+_DECODER_WARNINGS = RateLimitedWarning(log, interval_s=10.0)
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -51,6 +59,32 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise FrameError("corrupt JPEG: no frame header (SOF) found")
 
 
+def _jpeg_truncated(data: bytes) -> bool:
+    """No end-of-image marker after the first scan starts: the file was cut short.
+
+    The segments before the scan are skipped by their lengths (an EXIF
+    thumbnail inside one has markers of its own), and scan data cannot contain
+    FF D9 (0xFF is byte-stuffed), so any FF D9 after the scan's start is its
+    end; bytes after it (trailers some cameras append) are allowed.
+    """
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False  # not a structure this check understands; the decoder decides
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xDA:
+            return data.find(b"\xff\xd9", pos + 2) < 0
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        pos += 2 + length
+    return True
+
+
 def encoded_size(data: bytes) -> tuple[int, int]:
     """(height, width) a JPEG or PNG declares in its header."""
     if data.startswith(_PNG_MAGIC):
@@ -69,15 +103,13 @@ def decode_encoded(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndar
         raise FrameError("empty frame: no image bytes were sent")
     height, width = encoded_size(data)
     check_size(height, width, max_pixels)
-    if data.startswith(_JPEG_MAGIC):
-        eoi = data.rfind(b"\xff\xd9")
-        # Scan data cannot contain FFD9 (0xFF is byte-stuffed), so a missing
-        # end marker near the end means the file was cut short.
-        if eoi < 0 or len(data) - (eoi + 2) > 4096:
-            raise FrameError("truncated JPEG: the end-of-image marker is missing; resend the whole file")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if data.startswith(_JPEG_MAGIC) and _jpeg_truncated(data):
+        raise FrameError("truncated JPEG: the end-of-image marker is missing; resend the whole file")
+    kind = "PNG" if data.startswith(_PNG_MAGIC) else "JPEG"
+    image, complaints = quiet_decode(cv2.imdecode, np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if complaints:
+        _DECODER_WARNINGS.warn(f"the {kind} decoder complained about a frame: {complaints[0]}")
     if image is None:
-        kind = "PNG" if data.startswith(_PNG_MAGIC) else "JPEG"
         raise FrameError(f"corrupt {kind}: it could not be decoded")
     if image.shape[:2] != (height, width):
         raise FrameError(f"corrupt image: header says {height}x{width}, decoded {image.shape[0]}x{image.shape[1]}")
