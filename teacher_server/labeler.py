@@ -2,32 +2,25 @@
 
 The gRPC server batches requests into `Labeler.label_batch`; evaluation code
 calls `Labeler.label` directly to compute the teacher's labels as ground truth,
-so both paths produce the same maps from the same rule.
+so both paths produce the same maps from the same rule. Both get the answer
+type every side shares, core.labels.TeacherLabels (frame_index is the
+caller's: 0 unless given).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from teacher_server.backends.base import TeacherBackend
 from core.groups import GroupSpec, resolve_groups
-from teacher_server.semantic import DEFAULT_SCORE_THRESHOLD, LabeledInstance, instances_to_label_map
+from core.labels import TeacherLabels
+from teacher_server.backends.base import TeacherBackend
+from teacher_server.semantic import DEFAULT_SCORE_THRESHOLD, instances_to_label_map
 
 
-@dataclass
-class LabelResult:
-    """One frame's teacher labels: label_map uint8 (H, W), 0 = background, k = groups[k-1]."""
-
-    label_map: np.ndarray
-    instances: list[LabeledInstance]
-    groups: tuple[str, ...]
-    model_name: str
-    model_version: str
-    #: inference_ms and postprocess_ms are the whole batch's; batch_size says how many shared it.
-    timings: dict[str, float] = field(default_factory=dict)
+#: Kept only until teacher_server/ray_*.py import core.labels.TeacherLabels themselves (issue 19: one answer type).
+LabelResult = TeacherLabels
 
 
 def _spec(groups: Union[Sequence[str], GroupSpec]) -> GroupSpec:
@@ -63,16 +56,20 @@ class Labeler:
         frame: np.ndarray,
         groups: Union[Sequence[str], GroupSpec],
         score_threshold: Optional[float] = None,
-    ) -> LabelResult:
+        *,
+        frame_index: int = 0,
+    ) -> TeacherLabels:
         """Label one RGB uint8 frame for the given class groups (e.g. ["person", "auto"])."""
-        return self.label_batch([frame], [groups], [score_threshold])[0]
+        return self.label_batch([frame], [groups], [score_threshold], frame_indices=[frame_index])[0]
 
     def label_batch(
         self,
         frames: Sequence[np.ndarray],
         groups: Sequence[Union[Sequence[str], GroupSpec]],
         score_thresholds: Optional[Sequence[Optional[float]]] = None,
-    ) -> list[LabelResult]:
+        *,
+        frame_indices: Optional[Sequence[int]] = None,
+    ) -> list[TeacherLabels]:
         """Label frames of any sizes in one backend call; each frame has its own groups and threshold."""
         if len(groups) != len(frames):
             raise ValueError(f"{len(frames)} frames but {len(groups)} group lists")
@@ -90,11 +87,15 @@ class Labeler:
             return []
         output = self.backend.predict(frames, min(thresholds))
         results = []
-        for frame, spec, threshold, detections in zip(frames, specs, thresholds, output.detections):
+        indices = list(frame_indices) if frame_indices is not None else [0] * len(frames)
+        if len(indices) != len(frames):
+            raise ValueError(f"{len(frames)} frames but {len(indices)} frame indices")
+        for frame, index, spec, threshold, detections in zip(frames, indices, specs, thresholds, output.detections):
             start = time.perf_counter()
             label_map, instances = instances_to_label_map(detections, spec, frame.shape[:2], threshold)
             results.append(
-                LabelResult(
+                TeacherLabels(
+                    frame_index=index,
                     label_map=label_map,
                     instances=instances,
                     groups=spec.names,

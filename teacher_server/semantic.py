@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from core.groups import GroupSpec
+from core.labels import Instance
 
 #: The paper keeps detections with score >= 0.5.
 DEFAULT_SCORE_THRESHOLD = 0.5
@@ -56,26 +57,16 @@ class Detections:
         return len(self.class_names)
 
 
-@dataclass(frozen=True)
-class LabeledInstance:
-    """One detection that made it into the label map (what the agent weights its loss with)."""
-
-    box: tuple[float, float, float, float]
-    group: str
-    group_index: int
-    score: float
-    class_name: str
-
-
 def instances_to_label_map(
     detections: Detections,
     spec: GroupSpec,
     shape: tuple[int, int],
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-) -> tuple[np.ndarray, list[LabeledInstance]]:
+) -> tuple[np.ndarray, list[Instance]]:
     """Paint the kept instances into a uint8 (H, W) map; return it and the kept instances.
 
-    Instances are returned best score first; boxes are clipped to the frame.
+    Instances (the teacher's answer type, core.labels.Instance) are returned
+    best score first; boxes are clipped to the frame.
     """
     height, width = shape
     if detections.masks.shape[1:] != (height, width):
@@ -101,7 +92,7 @@ def instances_to_label_map(
     for j in order[::-1]:
         x0, y0, x1, y1 = (float(v) for v in detections.boxes[idx[j]])
         instances.append(
-            LabeledInstance(
+            Instance(
                 box=(
                     min(max(x0, 0.0), width), min(max(y0, 0.0), height),
                     min(max(x1, 0.0), width), min(max(y1, 0.0), height),
