@@ -1,8 +1,13 @@
 """The remote teacher: a gRPC server that labels frames for many cameras.
 
-Rooms: `backends/` (models behind one interface), `groups.py` + `semantic.py`
-(COCO instances -> the camera's class groups), `labeler.py` (the in-process
-teacher), `batcher.py` (batching, fairness, backpressure), `service.py`
-(the thin gRPC servicer), `server.py` (`start_server`), `cli.py`, `bench.py`.
-Importing this package loads nothing heavy.
+Rooms, in a frame's order: `auth.py` (who is calling: the token's camera),
+`pacing.py` + `limits.py` (how often and how much one camera may ask),
+`wire.py` + `codec.py` (the request's fields and image, checked before
+decoding), `admission.py` (only what can be answered by its deadline),
+`scheduling.py` + `batcher.py` (whose frame goes next, in batches; `jobs.py`
+is what waits), `labeler.py` + `semantic.py` over `backends/` (the model, and
+its instances -> the camera's class groups, as core.labels.TeacherLabels),
+`service.py` + `stream.py` (the thin gRPC servicer), `server.py`
+(`start_server`), `metrics.py`, `cli.py`; `ray_*.py` serve the same servicer
+on a Ray fleet. Importing this package loads nothing heavy.
 """

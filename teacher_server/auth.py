@@ -7,6 +7,7 @@ UNAUTHENTICATED and no other information.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from pathlib import Path
@@ -60,26 +61,37 @@ def bearer_token(metadata: Optional[Metadata]) -> Optional[str]:
 
 
 class TokenAuth:
-    """Checks that a call's bearer token belongs to the camera it speaks for."""
+    """Checks that a call's bearer token belongs to the camera it speaks for.
+
+    `identify` answers from the token alone, before any message is read, so
+    limits are bound to the camera the token belongs to when a call opens.
+    """
 
     def __init__(self, tokens: Mapping[str, str]) -> None:
         if not tokens:
             raise ValueError("TokenAuth needs at least one camera token")
         self._tokens = {camera: token.encode() for camera, token in tokens.items()}
+        # Looked up by digest: the dictionary's hashing then reveals nothing about the tokens' bytes.
+        self._by_digest = {_digest(token): camera for camera, token in self._tokens.items()}
+        if len(self._by_digest) < len(self._tokens):
+            raise ValueError("two cameras share a token; give each camera its own (a token names its camera)")
+
+    def identify(self, metadata: Optional[Metadata]) -> Optional[str]:
+        """The camera id the call's token belongs to (ANY_CAMERA for the operator's token), None without a valid one."""
+        token = bearer_token(metadata)
+        if token is None:
+            return None
+        given = token.encode()
+        camera = self._by_digest.get(_digest(given))
+        if camera is None or not hmac.compare_digest(given, self._tokens[camera]):
+            return None
+        return camera
 
     def allows(self, metadata: Optional[Metadata], camera_id: Optional[str]) -> bool:
         """True if the token matches `camera_id` (or any camera's, when camera_id is None)."""
-        token = bearer_token(metadata)
-        if token is None:
-            return False
-        given = token.encode()
-        candidates = [self._tokens.get(ANY_CAMERA)]
-        if camera_id is None:
-            candidates += list(self._tokens.values())
-        else:
-            candidates.append(self._tokens.get(camera_id))
-        ok = False
-        for expected in candidates:
-            if expected is not None:
-                ok |= hmac.compare_digest(given, expected)
-        return ok
+        camera = self.identify(metadata)
+        return camera is not None and (camera_id is None or camera in (camera_id, ANY_CAMERA))
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()

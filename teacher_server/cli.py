@@ -45,6 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-calls-per-camera", type=int, default=16, help="calls one camera may hold at once")
     parser.add_argument("--max-streams-per-camera", type=int, default=2, help="LabelStreams one camera may keep open")
     parser.add_argument("--stream-idle-s", type=float, default=60.0, help="end a LabelStream that carried no frame for this long")
+    parser.add_argument("--first-frame-s", type=float, default=5.0,
+                        help="end a LabelStream that sends no frame this soon after opening (it holds a call slot)")
+    parser.add_argument("--rate-per-camera", type=float, default=20.0,
+                        help="calls plus stream frames per second one camera may send (token bucket; 0 = no bucket)")
+    parser.add_argument("--burst-per-camera", type=int, default=40, help="calls or frames one camera may send at once")
+    parser.add_argument("--max-retry-after-s", type=float, default=8.0,
+                        help="a camera calling before its retry-after hint expired gets it doubled, up to this")
+    parser.add_argument("--max-hold-s", type=float, default=1.0,
+                        help="hold refusals to cameras that keep ignoring hints this long (0 = answer at once)")
     parser.add_argument("--admission", default="deadline", choices=("deadline", "queue"),
                         help="deadline: refuse frames the measured service time cannot answer within their deadline (default); "
                              "queue: the old rule, admit while the queue has room")
@@ -107,6 +116,11 @@ def server_config(args: argparse.Namespace) -> "ServerConfig":
         max_calls_per_camera=args.max_calls_per_camera,
         max_streams_per_camera=args.max_streams_per_camera,
         stream_idle_s=args.stream_idle_s,
+        first_frame_s=args.first_frame_s,
+        rate_per_camera=args.rate_per_camera or None,
+        burst_per_camera=args.burst_per_camera,
+        max_retry_after_s=args.max_retry_after_s,
+        max_hold_s=args.max_hold_s,
         deadline_admission=args.admission == "deadline",
         health_port=args.health_port,
         health_host=args.health_host,

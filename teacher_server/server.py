@@ -27,7 +27,7 @@ from teacher_server.labeler import Labeler
 from teacher_server.limits import CallLimiter, CallLimits
 from teacher_server.metrics import TeacherMetrics
 from teacher_server.semantic import DEFAULT_SCORE_THRESHOLD
-from teacher_server.service import DEFAULT_STREAM_IDLE_S, LabelPayload, TeacherServicer, add_to_server
+from teacher_server.service import DEFAULT_FIRST_FRAME_S, DEFAULT_STREAM_IDLE_S, LabelPayload, TeacherServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,19 @@ class ServerConfig:
     max_frame_bytes: Optional[int] = 1024 * 1024 * 1024
     #: A stream without a frame for this long is ended with UNAVAILABLE (None = never).
     stream_idle_s: Optional[float] = DEFAULT_STREAM_IDLE_S
+    #: A stream that sends no frame this soon after opening is ended with UNAVAILABLE (None = never).
+    first_frame_s: Optional[float] = DEFAULT_FIRST_FRAME_S
+    #: Calls plus stream frames per second one camera may send (token bucket; None = no bucket), and at once.
+    rate_per_camera: Optional[float] = 20.0
+    burst_per_camera: int = 40
+    #: A camera that calls again before its retry-after hint expired gets a doubled hint, up to this.
+    max_retry_after_s: float = 8.0
+    #: Refusals to cameras that keep ignoring hints are held back up to this long, at most max_held at once
+    #: (these take gRPC call slots on top of max_concurrent_rpcs); 0 = never hold.
+    max_hold_s: float = 1.0
+    max_held: int = 128
+    #: A camera that held and sent nothing for this long is forgotten (pacing, queue-policy state).
+    forget_after_s: float = 30.0
     #: Refuse (RESOURCE_EXHAUSTED + retry-after) frames that the measured service time says cannot
     #: be answered within their deadline, and size batches to the deadlines inside; False: the old
     #: rule (admit while the queue has room, drop only what already expired).
@@ -204,18 +217,7 @@ def start_server(
     metrics = TeacherMetrics(queue_depth=batcher.queue_depth)
     metrics_holder["m"] = metrics
     auth = TokenAuth(config.tokens) if config.tokens else None
-    max_calls = config.max_calls
-    if max_calls is None:
-        max_calls = max(1, config.max_concurrent_rpcs - max(1, config.max_concurrent_rpcs // 16))
-    if max_calls >= config.max_concurrent_rpcs:
-        raise ValueError(f"max_calls ({max_calls}) must stay below max_concurrent_rpcs ({config.max_concurrent_rpcs}), "
-                         "or gRPC refuses calls before the server can say when to come back")
-    limiter = CallLimiter(CallLimits(
-        max_calls=max_calls,
-        max_calls_per_camera=config.max_calls_per_camera,
-        max_streams_per_camera=config.max_streams_per_camera,
-        max_frame_bytes=config.max_frame_bytes,
-    ))
+    limiter = limiter_from_config(config)
     servicer = TeacherServicer(
         batcher,
         model_name=labeler.model_name,
@@ -227,15 +229,18 @@ def start_server(
         max_message_bytes=config.max_message_bytes,
         limiter=limiter,
         stream_idle_s=config.stream_idle_s,
+        first_frame_s=config.first_frame_s,
     )
+    # Held-back refusals wait in calls of their own: gRPC's pool has room for them beyond max_concurrent_rpcs.
+    rpcs = config.max_concurrent_rpcs + (config.max_held if config.max_hold_s > 0 else 0)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_concurrent_rpcs, thread_name_prefix="teacher-rpc"),
+        futures.ThreadPoolExecutor(max_workers=rpcs, thread_name_prefix="teacher-rpc"),
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),  # never share a port silently with another server
         ],
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=rpcs,
     )
     add_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -316,6 +321,29 @@ def start_server(
         ", tokens required" if auth else "",
     )
     return handle
+
+
+def limiter_from_config(config: ServerConfig) -> CallLimiter:
+    """The call limits, pacing and frame-memory bound of `config` (one builder for every engine)."""
+    max_calls = config.max_calls
+    if max_calls is None:
+        max_calls = max(1, config.max_concurrent_rpcs - max(1, config.max_concurrent_rpcs // 16))
+    if max_calls >= config.max_concurrent_rpcs:
+        raise ValueError(f"max_calls ({max_calls}) must stay below max_concurrent_rpcs ({config.max_concurrent_rpcs}), "
+                         "or gRPC refuses calls before the server can say when to come back")
+    return CallLimiter(CallLimits(
+        max_calls=max_calls,
+        max_calls_per_camera=config.max_calls_per_camera,
+        max_streams_per_camera=config.max_streams_per_camera,
+        max_frame_bytes=config.max_frame_bytes,
+        rate_per_camera=config.rate_per_camera,
+        burst_per_camera=config.burst_per_camera,
+        max_retry_after_s=config.max_retry_after_s,
+        max_hold_s=config.max_hold_s,
+        max_held=config.max_held,
+        max_held_per_camera=max(1, config.max_held // 2),
+        forget_after_s=config.forget_after_s,
+    ))
 
 
 def tokens_from_file(path: Optional[Union[str, Path]]) -> Optional[dict[str, str]]:

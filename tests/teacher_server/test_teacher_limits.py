@@ -105,7 +105,7 @@ def test_abandoned_streams_get_refused_with_retry_after_then_time_out_and_a_came
     a retry hint, idle ones end, and a camera that honours the hint is answered."""
     # Idle streams end after 20 s: long enough that all 300 are open at once even on a loaded machine
     # (with 1 s the first ones timed out before the last were opened, and the limit was never reached).
-    with start_server(yolo_backend(), port=0, stream_idle_s=20.0, warmup=False) as handle:
+    with start_server(yolo_backend(), port=0, stream_idle_s=20.0, first_frame_s=20.0, warmup=False) as handle:
         release = threading.Event()
         channels = [grpc.insecure_channel(handle.target) for _ in range(3)]
         try:
@@ -211,20 +211,29 @@ class _Slow:
 
 
 def test_call_limiter_counts_per_camera_and_in_total() -> None:
-    limiter = CallLimiter(CallLimits(max_calls=3, max_calls_per_camera=2, max_streams_per_camera=1, max_frame_bytes=100))
-    for _ in range(3):
-        limiter.acquire_call()
+    now = [0.0]
+    limiter = CallLimiter(CallLimits(max_calls=3, max_calls_per_camera=2, max_streams_per_camera=1, max_frame_bytes=100,
+                                     reserved_for_new=0, rate_per_camera=None), clock=lambda: now[0])
+    anonymous = [limiter.open(None) for _ in range(3)]
     with pytest.raises(LimitExceeded):
-        limiter.acquire_call()
-    limiter.acquire_camera("a", stream=True)
-    with pytest.raises(LimitExceeded, match="open streams"):
-        limiter.acquire_camera("a", stream=True)
-    limiter.acquire_camera("a")
+        limiter.open(None)
+    for ticket in anonymous:
+        ticket.release()
+        ticket.release()  # once only
+    stream = limiter.open("a", stream=True)
+    with pytest.raises(LimitExceeded, match="open streams") as info:
+        limiter.open("a", stream=True)
+    now[0] += info.value.retry_after_s  # honour the hint
+    call = limiter.open("a")
+    now[0] += 1.0
     with pytest.raises(LimitExceeded, match="holds 2 calls"):
-        limiter.acquire_camera("a")
-    limiter.acquire_camera("b")
-    limiter.release_camera("a", stream=True)
-    limiter.acquire_camera("a", stream=True)
+        limiter.open("a")
+    limiter.open("b")
+    stream.release()
+    now[0] += 1.0
+    limiter.open("a", stream=True)
+    assert limiter.calls == 3 and limiter.camera_calls("a") == 2
+    call.release()
     limiter.acquire_bytes(60)
     with pytest.raises(LimitExceeded, match="MiB of frames"):
         limiter.acquire_bytes(60)
