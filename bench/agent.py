@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append({
             "method": "jitnet online distillation", "threshold": threshold, "frames": n,
             "fps": round(n / (wall + teacher.calls * t_ms / 1e3), 2), "compute_ms": round(compute, 1),
-            "teacher_percent": round(100.0 * teacher.calls / n, 2), "updates": agent.updates,
+            "teacher_percent": round(100.0 * teacher.calls / n, 2), "updates": agent.counters.updates,
             "mean_iou": round(scorer.mean_iou, 4), "speedup": round(teacher_total_ms / compute, 2),
             "teacher_frame_indices": list(teacher.asked), **_bandwidth(bytes_up, bytes_down, n, video_s),
         })
@@ -198,8 +198,10 @@ class _Metered:
     def __init__(self, teacher: Any, meter: WireMeter) -> None:
         self._teacher, self._meter = teacher, meter
 
-    def label(self, frame_rgb: Any, groups: Sequence[str], *, frame_index: int, score_threshold: Optional[float] = None):
-        labels = self._teacher.label(frame_rgb, groups, frame_index=frame_index, score_threshold=score_threshold)
+    def label(self, frame_rgb: Any, groups: Sequence[str], *, frame_index: int, score_threshold: Optional[float] = None,
+              need: Any = None):
+        labels = self._teacher.label(frame_rgb, groups, frame_index=frame_index, score_threshold=score_threshold,
+                                     need=need)
         labels.bytes_up, labels.bytes_down = self._meter.sizes(frame_index, groups, score_threshold)
         return labels
 

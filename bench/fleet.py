@@ -91,9 +91,7 @@ class SharedTeacher:
 
 
 class SimulatedClient:
-    """A camera's teacher client against the SharedTeacher (the agent's Teacher interface, live mode)."""
-
-    accepts_need = True
+    """A camera's teacher client against the SharedTeacher (the agent's edge_agent.teacher.Teacher, live mode)."""
 
     def __init__(self, teacher: SharedTeacher, camera: Camera, groups: Sequence[str], clock) -> None:
         from evaluation.teacher_labels import CachedTeacher
@@ -147,8 +145,8 @@ def simulate(cameras: Sequence[Camera], groups: Sequence[str], artifacts: Path, 
         rows.append({
             "camera": cam.name, "clip": cam.clip, "offset": cam.offset, "frames": ticks,
             "mean_iou": _num(scorer.mean_iou),
-            "teacher_frames": agent.teacher_frames,
-            "updates": agent.updates,
+            "teacher_frames": agent.counters.teacher_frames,
+            "updates": agent.counters.updates,
             "wait_mean_s": _num(float(np.mean(waits))) if waits else None,
             "wait_max_s": _num(float(np.max(waits))) if waits else None,
             "stretched": agent.stretched,

@@ -67,8 +67,9 @@ def main() -> None:
         ious.append(mean_iou(r.labels, maps[i], len(groups) + 1))
     wall = time.perf_counter() - start
     n = len(frames) - 1
+    counters = getattr(agent, "counters", agent)  # trees before edge_agent/counters.py counted on the agent
     print(json.dumps({"fps": round(n / wall, 3), "frames": n, "teacher_frames": teacher.calls,
-                      "updates": agent.updates, "mean_iou": round(float(np.mean(ious)), 4),
+                      "updates": counters.updates, "mean_iou": round(float(np.mean(ious)), 4),
                       "forwards_per_frame": round(forwards[0] / len(frames), 3)}))
 
 

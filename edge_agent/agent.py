@@ -15,7 +15,7 @@ import math
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -25,20 +25,13 @@ from core.labels import TeacherLabels
 from core.metrics import mean_iou
 from core.need import NeedSignal
 from core.targets import box_weights
+from edge_agent.counters import AgentCounters
 from edge_agent.flow_carry import FlowCarrier
 from edge_agent.stride import AdaptiveStride
 from edge_agent.student import TrainBatch, Trainer
-from edge_agent.teacher_client import TeacherError, TeacherRejected
+from edge_agent.teacher import Teacher, TeacherRejected
 
 log = logging.getLogger(__name__)
-
-
-class Teacher(Protocol):
-    """What the agent needs from a teacher (edge_agent.teacher_client.TeacherClient)."""
-
-    def label(self, frame_rgb: np.ndarray, groups: Sequence[str], *, frame_index: int,
-              score_threshold: Optional[float] = None) -> TeacherLabels: ...
-    def submit(self, frame_rgb: np.ndarray, groups: Sequence[str], **kwargs: Any) -> "Future[TeacherLabels]": ...
 
 
 @dataclass
@@ -61,7 +54,8 @@ class FrameResult:
     #: ok | waiting | unavailable | rejected | off
     teacher_state: str = "ok"
     teacher_error: Optional[str] = None
-    #: Bytes sent to / received from the teacher for the answer applied on this frame (0 = none).
+    #: Bytes the network carried for the teacher call that ended on this frame (an answer learnt from,
+    #: or a failure), every attempt included (0 = none; see edge_agent.teacher).
     bytes_up: int = 0
     bytes_down: int = 0
     #: The source as the stream saw it when this frame was read (ok | reconnecting), and its reconnects so far.
@@ -127,8 +121,6 @@ class TeacherAvailability:
         self.error: Optional[str] = None
         self.failures = 0
         self.retry_at = 0.0
-        #: Failed teacher requests over the agent's life (``failures`` counts only the current run of them).
-        self.total_failures = 0
 
     def ready(self, now: float) -> bool:
         return now >= self.retry_at
@@ -138,7 +130,6 @@ class TeacherAvailability:
 
     def failed(self, exc: Exception, now: float) -> None:
         self.failures += 1
-        self.total_failures += 1
         self.state = "rejected" if isinstance(exc, TeacherRejected) else "unavailable"
         self.error = str(exc)
         delay = min(self.max_s, self.first_s * 2 ** (self.failures - 1))
@@ -185,11 +176,8 @@ class DistillationAgent:
         self._last_unseen: Optional[float] = None
         #: Teacher frames whose answer asked for a longer interval (the teacher was saturated).
         self.stretched = 0
-        self.frames = 0
-        self.teacher_frames = 0
-        self.updates = 0
-        self.bytes_up = 0
-        self.bytes_down = 0
+        #: Frames, teacher frames, updates, bytes, failures, times: what every report reads.
+        self.counters = AgentCounters()
 
     # -- per frame -------------------------------------------------------------
     def process(self, index: int, frame: np.ndarray) -> FrameResult:
@@ -227,7 +215,7 @@ class DistillationAgent:
         result.teacher_error = self.health.error
         timings["frame_ms"] = (time.perf_counter() - t0) * 1e3
         result.timings = timings
-        self.frames += 1
+        self.counters.add(result)
         return result
 
     def _output(self, index: int, geo: Geometry, prediction: np.ndarray, result: FrameResult,
@@ -259,31 +247,37 @@ class DistillationAgent:
         )
 
     def _ask_teacher(self, index: int, frame: np.ndarray, image: np.ndarray, result: FrameResult, timings: dict) -> None:
-        threshold = self.config.score_threshold
-        extra = {"need": self.need(index)} if getattr(self.teacher, "accepts_need", False) else {}
+        threshold, need = self.config.score_threshold, self.need(index)
         if self.live:
             try:
-                future = self.teacher.submit(frame, self.groups, frame_index=index, score_threshold=threshold, **extra)
+                future = self.teacher.submit(frame, self.groups, frame_index=index, score_threshold=threshold, need=need)
             except Exception as exc:  # e.g. a closed client: segmentation goes on, the teacher is retried later
-                self.health.failed(exc, time.monotonic())
+                self._teacher_failed(exc, result)
                 return
             self.controller.start(index)
             self._pending = (index, self._prepared_later(future, frame, image))
             return
         start = time.perf_counter()
         try:
-            labels = self.teacher.label(frame, self.groups, frame_index=index, score_threshold=threshold, **extra)
+            labels = self.teacher.label(frame, self.groups, frame_index=index, score_threshold=threshold, need=need)
         except Exception as exc:  # like live mode: a bug or a broken channel must not end segment()
-            self.health.failed(exc, time.monotonic())
+            self._teacher_failed(exc, result)
             return
         finally:
             timings["teacher_ms"] += (time.perf_counter() - start) * 1e3
         try:
             targets = self._targets(frame, image, labels)
         except ValueError as exc:  # a teacher that answers nonsense is a failing teacher, not a crash
-            self.health.failed(TeacherRejected(f"unusable teacher answer: {exc}"), time.monotonic())
+            self._teacher_failed(_unusable(labels, exc), result)
             return
         self._accept(index, labels, targets, result)
+
+    def _teacher_failed(self, exc: Exception, result: FrameResult) -> None:
+        """A teacher call ended without an answer to learn from: back off, count it and its bytes."""
+        self.health.failed(exc, time.monotonic())
+        self.counters.teacher_failed()
+        result.bytes_up += getattr(exc, "bytes_up", 0)
+        result.bytes_down += getattr(exc, "bytes_down", 0)
 
     def _prepared_later(self, future: "Future[TeacherLabels]", frame: np.ndarray, image: np.ndarray) -> "Future":
         """A future of (labels, targets): the targets are built in the thread that receives the answer."""
@@ -292,7 +286,11 @@ class DistillationAgent:
         def on_answer(done: "Future[TeacherLabels]") -> None:
             try:
                 labels = done.result()
-                prepared.set_result((labels, self._targets(frame, image, labels)))
+                try:
+                    targets = self._targets(frame, image, labels)
+                except ValueError as exc:
+                    raise _unusable(labels, exc) from exc
+                prepared.set_result((labels, targets))
             except BaseException as exc:  # delivered to the frame thread by _collect_answer
                 prepared.set_exception(exc)
 
@@ -306,17 +304,11 @@ class DistillationAgent:
         self._pending = None
         try:
             labels, targets = future.result()
-        except ValueError as exc:  # the answer arrived but cannot be learnt from
+        except Exception as exc:  # a TeacherError, a bug or a broken channel must not stop segmentation
             self.controller.cancel()
-            self.health.failed(TeacherRejected(f"unusable teacher answer: {exc}"), time.monotonic())
-            return
-        except TeacherError as exc:
-            self.controller.cancel()
-            self.health.failed(exc, time.monotonic())
-            return
-        except Exception as exc:  # a bug or a broken channel must not stop segmentation
-            self.controller.cancel()
-            self.health.failed(exc, time.monotonic())
+            if isinstance(exc, ValueError):  # the answer arrived but cannot be learnt from
+                exc = TeacherRejected(f"unusable teacher answer: {exc}")
+            self._teacher_failed(exc, result)
             return
         timings["teacher_ms"] += labels.latency_s * 1e3
         self._accept(index, labels, targets, result)
@@ -342,11 +334,8 @@ class DistillationAgent:
         accuracy = self._accuracy(self._predict(index, targets.image, None), targets.labels, targets.valid)
         self._lesson = _Lesson(index, targets, accuracy, accuracy, stretch=float(getattr(labels, "stride_stretch", 1.0) or 1.0))
         self._last_unseen = accuracy
-        self.teacher_frames += 1
         result.teacher_labelled = True
         result.bytes_up, result.bytes_down = labels.bytes_up, labels.bytes_down
-        self.bytes_up += labels.bytes_up
-        self.bytes_down += labels.bytes_down
         result.teacher_index = index
         result.accuracy_before = accuracy
 
@@ -358,7 +347,6 @@ class DistillationAgent:
             self.trainer.step(t.batch)
             lesson.updates += 1
             result.updates += 1
-            self.updates += 1
             lesson.accuracy = self._accuracy(self._predict(lesson.index, t.image, None), t.labels, t.valid)
             if one_step:
                 break
@@ -393,15 +381,9 @@ class DistillationAgent:
             self._geometry = Geometry.for_frame(frame.shape[:2], self.config.input_scale)
         return self._geometry
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "frames": self.frames,
-            "teacher_frames": self.teacher_frames,
-            "teacher_fraction": self.teacher_frames / self.frames if self.frames else 0.0,
-            "updates": self.updates,
-            "stride": self.controller.stride,
-            "teacher_state": self.health.state,
-            "teacher_failures": self.health.total_failures,
-            "bytes_up": self.bytes_up,
-            "bytes_down": self.bytes_down,
-        }
+
+def _unusable(labels: TeacherLabels, exc: Exception) -> TeacherRejected:
+    """A teacher answer that arrived but cannot be learnt from: a rejection that still carried its bytes."""
+    error = TeacherRejected(f"unusable teacher answer: {exc}")
+    error.bytes_up, error.bytes_down = labels.bytes_up, labels.bytes_down
+    return error

@@ -22,36 +22,14 @@ import cv2
 import grpc
 import numpy as np
 
+from core.geometry import check_frame
 from core.labels import RETRY_AFTER_KEY, Instance, TeacherLabels
 from core.need import NeedSignal
+# The errors belong to the agent's Teacher protocol; they are raised here (and importable from here).
+from edge_agent.teacher import TeacherError, TeacherRejected, TeacherTimeout, TeacherUnavailable
 from protos import teacher_pb2, teacher_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-
-
-class TeacherError(Exception):
-    """A label request failed. `code` is the grpc.StatusCode, `details` the server's message,
-    `retry_after_s` the server's hint (RESOURCE_EXHAUSTED) of when to try again, if it gave one."""
-
-    def __init__(self, message: str, code: Optional[grpc.StatusCode] = None, details: str = "",
-                 retry_after_s: Optional[float] = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.details = details
-        self.retry_after_s = retry_after_s
-
-
-class TeacherUnavailable(TeacherError):
-    """The teacher could not answer in time (down, overloaded, shutting down): try again later."""
-
-
-class TeacherTimeout(TeacherUnavailable):
-    """The deadline passed before the teacher answered."""
-
-
-class TeacherRejected(TeacherError):
-    """The teacher refused this request (bad frame, unknown group, wrong token): retrying will not help."""
 
 
 #: The Ray engine's Serve application name (teacher_server.ray_engine.APP_NAME).
@@ -70,10 +48,8 @@ def _parse_url(url: str) -> tuple[str, Optional[bool]]:
 
 
 def encode_frame(frame_rgb: np.ndarray, encoding: str, jpeg_quality: int = 90) -> dict[str, Any]:
-    """The image fields of a LabelRequest for an RGB uint8 frame."""
-    frame_rgb = np.asarray(frame_rgb)
-    if frame_rgb.dtype != np.uint8 or frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3:
-        raise ValueError(f"frame must be RGB uint8 (H, W, 3), got {frame_rgb.dtype} {frame_rgb.shape}")
+    """The image fields of a LabelRequest for an RGB uint8 frame (checked by core.geometry.check_frame)."""
+    frame_rgb = check_frame(frame_rgb)
     if encoding == "raw":
         h, w, c = frame_rgb.shape
         return {"raw": teacher_pb2.RawImage(data=np.ascontiguousarray(frame_rgb).tobytes(), height=h, width=w, channels=c)}
@@ -192,14 +168,14 @@ def _retry_after_s(error: grpc.RpcError) -> Optional[float]:
 
 
 class TeacherClient:
-    """Label frames with a remote teacher.
+    """Label frames with a remote teacher (the agent's edge_agent.teacher.Teacher over gRPC).
 
     >>> with TeacherClient("grpc://127.0.0.1:50051", camera_id="cam0") as teacher:
     ...     labels = teacher.label(frame_rgb, ["person", "auto"], frame_index=42)
-    """
 
-    #: label() and submit() take need= (core.need.NeedSignal): the agent sends its student's need.
-    accepts_need = True
+    Each answer's ``bytes_up`` / ``bytes_down`` (and a failure's, on the TeacherError) are what
+    that call carried over the network, every attempt included (edge_agent.teacher says why).
+    """
 
     def __init__(
         self,
@@ -253,9 +229,6 @@ class TeacherClient:
         self._usual_latency_s: Optional[float] = None
         #: Longest side of what is sent (None = full size); labels come back upsampled to the frame.
         self.max_side = max_side
-        #: Bytes of requests sent and answers received over this client's life (all attempts).
-        self.bytes_up = 0
-        self.bytes_down = 0
         self.url = url
         self.camera_id = camera_id
         self.timeout_s = float(timeout_s)
@@ -323,8 +296,22 @@ class TeacherClient:
             state = core.check_connectivity_state(False)
 
     def send(self, request: teacher_pb2.LabelRequest, *, deadline_s: Optional[float] = None) -> TeacherLabels:
-        """label() for a prepared LabelRequest (see request()), e.g. one encoded once and sent again."""
+        """label() for a prepared LabelRequest (see request()), e.g. one encoded once and sent again.
+
+        The answer (or the TeacherError) carries the bytes of every attempt: what the network carried.
+        """
+        carried = [0, 0]  # bytes up, bytes down over this call's attempts
+        try:
+            labels = self._send(request, deadline_s, carried)
+        except TeacherError as exc:
+            exc.bytes_up, exc.bytes_down = carried
+            raise
+        labels.bytes_up, labels.bytes_down = carried
+        return labels
+
+    def _send(self, request: teacher_pb2.LabelRequest, deadline_s: Optional[float], carried: list[int]) -> TeacherLabels:
         frame_index = request.frame_index
+        size = request.ByteSize()
         adaptive = deadline_s is None and self.min_deadline_s is not None and self._usual_latency_s is not None
         if deadline_s is not None:
             budget = float(deadline_s)
@@ -345,7 +332,7 @@ class TeacherClient:
                 )
             self._wait_connected(min(self.connect_timeout_s, remaining))
             try:
-                self.bytes_up += request.ByteSize()
+                carried[0] += size
                 response = self._stub.Label(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as error:
                 code, details = error.code(), error.details() or ""
@@ -380,23 +367,25 @@ class TeacherClient:
                 log.debug("teacher %s: %s, retrying in %.3f s", self.url, code.name, wait)
                 time.sleep(wait)
                 continue
-            down = response.ByteSize()
-            self.bytes_down += down
+            carried[1] += response.ByteSize()
             labels = labels_from_response(response)
             check_answer(labels, request.groups)
             labels.latency_s = time.monotonic() - start
             labels.attempts = attempt
             u = self._usual_latency_s
             self._usual_latency_s = labels.latency_s if u is None else 0.8 * u + 0.2 * labels.latency_s
-            labels.bytes_up, labels.bytes_down = request.ByteSize(), down
             return labels
 
-    def submit(self, frame_rgb: np.ndarray, groups: Sequence[str], **kwargs: Any) -> "Future[TeacherLabels]":
+    def submit(self, frame_rgb: np.ndarray, groups: Sequence[str], *, frame_index: int,
+               score_threshold: Optional[float] = None, deadline_s: Optional[float] = None,
+               need: Optional[NeedSignal] = None) -> "Future[TeacherLabels]":
         """label() on a background thread, so the agent keeps segmenting while the teacher works."""
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="teacher-client")
-            return self._executor.submit(self.label, np.array(frame_rgb, copy=True), list(groups), **kwargs)
+            return self._executor.submit(self.label, np.array(frame_rgb, copy=True), list(groups),
+                                         frame_index=frame_index, score_threshold=score_threshold,
+                                         deadline_s=deadline_s, need=need)
 
     def info(self, *, deadline_s: Optional[float] = None) -> teacher_pb2.InfoResponse:
         """The server's model, version, class groups and limits."""

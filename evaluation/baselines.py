@@ -161,10 +161,10 @@ def run_agent(
         if keep_labels:
             kept.append(r.labels)
     wall = time.perf_counter() - start
-    decisions = agent.controller.history
+    decisions, updates = agent.controller.history, agent.counters.updates
     run = MethodRun(
-        method, kind, len(frames), teacher.calls, agent.updates, scorer, update_frames, list(teacher.asked),
-        infer_ms=_median(infer), train_step_ms=train_ms / agent.updates if agent.updates else float("nan"),
+        method, kind, len(frames), teacher.calls, updates, scorer, update_frames, list(teacher.asked),
+        infer_ms=_median(infer), train_step_ms=train_ms / updates if updates else float("nan"),
         flow_ms=_median(flow) if agent.carrier is not None else float("nan"),
         wall_s=wall, labels=kept if keep_labels else None,
     )

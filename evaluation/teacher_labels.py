@@ -231,7 +231,7 @@ def boxes_from_labels(label_map: np.ndarray, min_area: int = 4) -> list[tuple[tu
 
 
 class CachedTeacher:
-    """The agent's Teacher interface over precomputed answers; counts the calls it answers.
+    """The agent's Teacher (edge_agent.teacher) over precomputed answers; counts the calls it answers.
 
     ``labels`` holds, per frame, either a label map (boxes are then derived from its
     connected regions) or a full teacher answer with ``label_map`` and ``instances``
@@ -249,7 +249,8 @@ class CachedTeacher:
         self.asked: list[int] = []
 
     def label(self, frame_rgb: np.ndarray, groups: Sequence[str], *, frame_index: int,
-              score_threshold: Optional[float] = None):
+              score_threshold: Optional[float] = None, need: Any = None):
+        """The cached answer for ``frame_index`` (``need`` is accepted and ignored: one camera, no queue)."""
         from core.labels import Instance, TeacherLabels
 
         if tuple(groups) != self.groups:

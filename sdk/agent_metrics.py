@@ -5,18 +5,23 @@ Prometheus scrapes; ``GET /healthz`` answers 200 while the agent loop is alive
 (``{"status": "ok"|"degraded", ...}``: degraded while the teacher or the
 source is down) and ``GET /readyz`` answers 503 while degraded, for load
 balancers and orchestrators that act on it.  Written without a client
-library so the edge install needs nothing more; values are read from the
-agent and the stream when scraped, so a stalled loop shows as stalled.
+library so the edge install needs nothing more.  Nothing is counted here:
+every value is read, when scraped, from the agent's own counters
+(``edge_agent.counters.AgentCounters``, the numbers the run summary reports
+too) and from the stream (dropped frames, reconnects, state), so a stalled
+loop shows as stalled.  A new ``Session.segment()`` brings a new agent and its
+counters start again from zero (a counter reset, which Prometheus' rate() handles).
 """
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
+
+from edge_agent.counters import FUSION_KEYS, AgentCounters
 
 log = logging.getLogger(__name__)
 
@@ -26,60 +31,22 @@ PREFIX = "jitnet_agent_"
 
 
 class AgentMetrics:
-    """Per-frame bookkeeping (``observe``) and an HTTP server that exposes it."""
+    """An HTTP server that exposes an agent's counters and its stream's state."""
 
-    def __init__(self, *, camera_id: str = "cam0", fps_window_s: float = 10.0) -> None:
+    def __init__(self, *, camera_id: str = "cam0") -> None:
         self.camera_id = camera_id
-        self._lock = threading.Lock()
-        self._window_s = fps_window_s
-        self._recent: collections.deque[float] = collections.deque()  # monotonic times of recent frames
-        self.frames = 0
-        self.teacher_frames = 0
-        self.updates = 0
-        self.bytes_up = 0
-        self.bytes_down = 0
-        self.train_s = 0.0
-        self.infer_s = 0.0
-        self.last_infer_ms = 0.0
-        self.last_train_ms = 0.0
-        self.last_accuracy: Optional[float] = None
-        self.stride = 0
-        self.teacher_state = "off"
-        self.teacher_failures = 0
-        self.last_frame_at: Optional[float] = None
+        self._counters = AgentCounters()  # zeros until an agent is attached
         self._stream: Any = None
         self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
 
-    # -- the agent loop ----------------------------------------------------------------------
+    # -- what is read ------------------------------------------------------------------------
     def attach_stream(self, stream: Any) -> None:
         """The FrameStream whose stats (dropped frames, state, reconnects) are read at scrape time."""
         self._stream = stream
 
-    def observe(self, result: Any, teacher_failures: int = 0) -> None:
-        now = time.monotonic()
-        t = result.timings
-        with self._lock:
-            self.frames += 1
-            self._recent.append(now)
-            while self._recent and self._recent[0] < now - self._window_s:
-                self._recent.popleft()
-            self.teacher_frames += int(result.teacher_labelled)
-            self.updates += result.updates
-            self.bytes_up += result.bytes_up
-            self.bytes_down += result.bytes_down
-            self.train_s += t.get("train_ms", 0.0) / 1e3
-            self.infer_s += t.get("infer_ms", 0.0) / 1e3
-            self.last_infer_ms = t.get("infer_ms", 0.0)
-            if t.get("train_ms"):
-                self.last_train_ms = t["train_ms"]
-            accuracy = result.accuracy_after if result.accuracy_after is not None else result.accuracy_before
-            if accuracy is not None:
-                self.last_accuracy = accuracy
-            self.stride = result.stride
-            self.teacher_state = result.teacher_state
-            self.teacher_failures = teacher_failures
-            self.last_frame_at = now
+    def attach_counters(self, counters: AgentCounters) -> None:
+        """The agent's counters (``DistillationAgent.counters``), read at scrape time."""
+        self._counters = counters
 
     # -- what is served ----------------------------------------------------------------------
     def source_state(self) -> str:
@@ -87,9 +54,9 @@ class AgentMetrics:
 
     def health(self) -> dict[str, Any]:
         source = self.source_state()
-        with self._lock:
-            teacher = self.teacher_state
-            age = None if self.last_frame_at is None else time.monotonic() - self.last_frame_at
+        c = self._counters.snapshot()
+        teacher, at = c["teacher_state"], c["last_frame_at"]
+        age = None if at is None else time.monotonic() - at
         degraded = teacher in ("unavailable", "rejected") or source == "reconnecting"
         return {"status": "degraded" if degraded else "ok", "alive": True, "teacher_state": teacher,
                 "source_state": source, "seconds_since_last_frame": None if age is None else round(age, 3),
@@ -99,40 +66,54 @@ class AgentMetrics:
         stream = self._stream
         stats = getattr(stream, "stats", None)
         source = self.source_state()
-        with self._lock:
-            now = time.monotonic()
-            recent = [x for x in self._recent if x >= now - self._window_s]
-            span = (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
-            fps = (len(recent) - 1) / span if span > 0 else 0.0
-            label = f'camera_id="{_escape(self.camera_id)}"'
-            rows: list[tuple[str, str, str, list[tuple[str, float]]]] = [
-                ("frames_total", "counter", "Frames segmented.", [("", self.frames)]),
-                ("dropped_frames_total", "counter", "Frames the live reader dropped (the agent was busy).",
-                 [("", getattr(stats, "dropped", 0))]),
-                ("teacher_frames_total", "counter", "Frames whose teacher labels were learnt from.",
-                 [("", self.teacher_frames)]),
-                ("teacher_failures_total", "counter", "Teacher requests that failed or answered unusably.",
-                 [("", self.teacher_failures)]),
-                ("updates_total", "counter", "Gradient steps taken.", [("", self.updates)]),
-                ("reconnects_total", "counter", "Times the source came back after a failure.",
-                 [("", getattr(stream, "reconnects", 0))]),
-                ("bytes_up_total", "counter", "Bytes of frames sent to the teacher.", [("", self.bytes_up)]),
-                ("bytes_down_total", "counter", "Bytes of labels received from the teacher.", [("", self.bytes_down)]),
-                ("train_seconds_total", "counter", "Seconds spent in train steps.", [("", self.train_s)]),
-                ("inference_seconds_total", "counter", "Seconds spent in student inference.", [("", self.infer_s)]),
-                ("fps", "gauge", f"Frames per second over the last {self._window_s:g} s.", [("", fps)]),
-                ("teacher_fraction", "gauge", "Share of frames learnt from the teacher.",
-                 [("", self.teacher_frames / self.frames if self.frames else 0.0)]),
-                ("stride", "gauge", "Frames between teacher requests.", [("", self.stride)]),
-                ("last_accuracy", "gauge", "Student mean IoU against the teacher on the last teacher frame.",
-                 [("", self.last_accuracy if self.last_accuracy is not None else float("nan"))]),
-                ("inference_ms", "gauge", "Student inference time of the last frame.", [("", self.last_infer_ms)]),
-                ("train_ms", "gauge", "Training time of the last frame that trained.", [("", self.last_train_ms)]),
-                ("teacher_state", "gauge", "1 for the teacher's current state.",
-                 [(f'state="{s}"', float(s == self.teacher_state)) for s in TEACHER_STATES]),
-                ("source_state", "gauge", "1 for the source's current state.",
-                 [(f'state="{s}"', float(s == source)) for s in SOURCE_STATES]),
-            ]
+        c = self._counters.snapshot()
+        ms = c["time_ms_total"]
+        infer_p50, fusion_p50 = c["infer_ms_p50"], c["flow_fusion_ms_p50"]
+        label = f'camera_id="{_escape(self.camera_id)}"'
+        rows: list[tuple[str, str, str, list[tuple[str, float]]]] = [
+            ("frames_total", "counter", "Frames segmented.", [("", c["frames"])]),
+            ("dropped_frames_total", "counter", "Frames the live reader dropped (the agent was busy).",
+             [("", getattr(stats, "dropped", 0))]),
+            ("teacher_frames_total", "counter", "Frames whose teacher labels were learnt from.",
+             [("", c["teacher_frames"])]),
+            ("teacher_failures_total", "counter", "Teacher requests that failed or answered unusably.",
+             [("", c["teacher_failures"])]),
+            ("updates_total", "counter", "Gradient steps taken.", [("", c["updates"])]),
+            ("reconnects_total", "counter", "Times the source came back after a failure.",
+             [("", getattr(stream, "reconnects", 0))]),
+            ("bytes_up_total", "counter", "Bytes the network carried to the teacher (every attempt).",
+             [("", c["bytes_up"])]),
+            ("bytes_down_total", "counter", "Bytes the network carried back from the teacher.",
+             [("", c["bytes_down"])]),
+            ("train_seconds_total", "counter", "Seconds spent in train steps.", [("", ms.get("train_ms", 0.0) / 1e3)]),
+            ("inference_seconds_total", "counter", "Seconds spent in student inference.",
+             [("", ms.get("infer_ms", 0.0) / 1e3)]),
+            ("flow_seconds_total", "counter", "Seconds spent carrying the teacher's answer by optical flow.",
+             [("", ms.get("flow_ms", 0.0) / 1e3)]),
+            ("fusion_seconds_total", "counter", "Seconds spent fusing the carried answer with the student's.",
+             [("", ms.get("fusion_ms", 0.0) / 1e3)]),
+            ("scene_cuts_total", "counter", "Frames that looked like a scene cut (the carried answer was dropped).",
+             [("", c["scene_cuts"])]),
+            ("fps", "gauge", f"Frames per second over the last {self._counters.rate_window_s:g} s.", [("", c["fps"])]),
+            ("teacher_fraction", "gauge", "Share of frames learnt from the teacher.",
+             [("", c["teacher_frames"] / c["frames"] if c["frames"] else 0.0)]),
+            ("stride", "gauge", "Frames between teacher requests.", [("", c["stride"])]),
+            ("last_accuracy", "gauge", "Student mean IoU against the teacher on the last teacher frame.",
+             [("", c["last_accuracy"] if c["last_accuracy"] is not None else float("nan"))]),
+            ("inference_ms", "gauge", "Student inference time of the last frame.", [("", c["last_infer_ms"])]),
+            ("train_ms", "gauge", "Training time of the last frame that trained.", [("", c["last_train_ms"])]),
+            ("flow_fusion_ms", "gauge", "Median flow + fusion time per frame (" + " + ".join(FUSION_KEYS) + ").",
+             [("", fusion_p50)]),
+            ("flow_fusion_share_of_inference", "gauge",
+             "Median flow + fusion time per frame over the median student inference time.",
+             [("", fusion_p50 / infer_p50 if infer_p50 > 0 else float("nan"))]),
+            ("carried_fraction_mean", "gauge", "Mean share of output pixels taken from the carried teacher answer.",
+             [("", c["carried_fraction_sum"] / c["frames"] if c["frames"] else 0.0)]),
+            ("teacher_state", "gauge", "1 for the teacher's current state.",
+             [(f'state="{s}"', float(s == c["teacher_state"])) for s in TEACHER_STATES]),
+            ("source_state", "gauge", "1 for the source's current state.",
+             [(f'state="{s}"', float(s == source)) for s in SOURCE_STATES]),
+        ]
         lines = []
         for name, kind, help_text, samples in rows:
             full = PREFIX + name
@@ -170,8 +151,7 @@ class AgentMetrics:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="agent-metrics", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._server.serve_forever, name="agent-metrics", daemon=True).start()
         log.info("agent metrics on %s/metrics", self.url)
         return self
 

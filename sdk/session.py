@@ -195,14 +195,14 @@ class Session:
             self.stream_info = {"description": frames.description, "fps": frames.fps, "live": frames.live,
                                 "frame_count": frames.frame_count}
             self.agent = DistillationAgent(self.trainer, self.teacher, self.config, live=frames.live)
+            if self.metrics is not None:
+                self.metrics.attach_counters(self.agent.counters)
             self.frames_stats = frames.stats
             try:
                 for frame in frames:
                     result = self.agent.process(frame.index, frame.image_rgb)
                     result.source_state, result.reconnects = frames.state, frames.reconnects
                     result.timings["latency_ms"] = (time.monotonic() - frame.captured_at) * 1e3
-                    if self.metrics is not None:
-                        self.metrics.observe(result, self.agent.health.total_failures)
                     self._maybe_save()
                     yield result
             finally:

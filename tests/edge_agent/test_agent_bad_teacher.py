@@ -4,7 +4,8 @@ import pytest
 
 from core.config import DistillConfig
 from edge_agent.agent import DistillationAgent
-from edge_agent.teacher_client import TeacherClient, TeacherRejected
+from edge_agent.teacher import TeacherRejected
+from edge_agent.teacher_client import TeacherClient
 from edge_agent.trainer import load_trainer
 from tests.edge_agent.agent_helpers import clip_frames
 from tests.edge_agent.fake_teacher import FakeTeacher, start_fake_teacher
@@ -28,9 +29,13 @@ def test_replay_survives_a_teacher_that_answers_unusable_labels(artifacts, broke
     finally:
         running.stop()
     assert len(results) == len(frames)
-    assert not any(r.teacher_labelled for r in results) and agent.updates == 0
-    assert agent.health.total_failures >= 1
-    assert agent.health.state == "rejected" and agent.health.failures == agent.health.total_failures
+    assert not any(r.teacher_labelled for r in results) and agent.counters.updates == 0
+    assert agent.counters.teacher_failures >= 1
+    assert agent.health.state == "rejected" and agent.health.failures == agent.counters.teacher_failures
+    # The unusable answers still crossed the network: their bytes are on the frames where they failed.
+    assert sum(r.bytes_up for r in results) == sum(s.request_bytes for s in running.teacher.seen) > 0
+    assert sum(r.bytes_down for r in results) == sum(s.response_bytes for s in running.teacher.seen) > 0
+    assert agent.counters.bytes_up == sum(r.bytes_up for r in results)
     # Backing off: a teacher that always answers badly is not asked on every frame.
     assert len(running.teacher.seen) < len(frames)
     assert {r.teacher_state for r in results[1:]} == {"rejected"}
@@ -46,13 +51,14 @@ def test_live_mode_counts_unusable_answers_as_failures(artifacts):
             agent = DistillationAgent(trainer, teacher, DistillConfig(), live=True)
             results = []
             i = 0
-            while agent.health.total_failures == 0 and i < 2000:  # until the first answer is judged
+            while agent.counters.teacher_failures == 0 and i < 2000:  # until the first answer is judged
                 results.append(agent.process(i, frames[i % len(frames)]))
                 i += 1
     finally:
         running.stop()
-    assert agent.health.total_failures == 1 and agent.health.state == "rejected"
-    assert agent.teacher_frames == 0 and agent.updates == 0
+    assert agent.counters.teacher_failures == 1 and agent.health.state == "rejected"
+    assert agent.counters.teacher_frames == 0 and agent.counters.updates == 0
+    assert sum(r.bytes_up for r in results) == running.teacher.seen[0].request_bytes  # carried, then refused
     assert "label map holds value 4" in agent.health.error
 
 
@@ -67,7 +73,7 @@ def test_replay_survives_a_client_that_was_closed_under_it(artifacts):
         results = _run(agent, frames)
     finally:
         running.stop()
-    assert len(results) == len(frames) and agent.health.total_failures >= 1
+    assert len(results) == len(frames) and agent.counters.teacher_failures >= 1
     assert results[0].teacher_state == "unavailable"
 
 

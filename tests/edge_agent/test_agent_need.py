@@ -14,8 +14,6 @@ from tests.edge_agent.agent_helpers import clip_frames
 class StretchingTeacher(CachedTeacher):
     """Real cached answers (the teacher's own labels) that carry a stretch hint, recording each need sent."""
 
-    accepts_need = True
-
     def __init__(self, labels, groups, stretch):
         super().__init__(labels, groups)
         self.stretch = stretch
@@ -75,4 +73,4 @@ def test_a_teacher_without_need_support_is_called_as_before(artifacts):
     agent = DistillationAgent(load_trainer(artifacts, backend="ort"), teacher, DistillConfig(max_updates=1))
     for i, f in enumerate(frames):
         agent.process(i, f)
-    assert teacher.asked[0] == 0 and agent.teacher_frames >= 1
+    assert teacher.asked[0] == 0 and agent.counters.teacher_frames >= 1

@@ -2,7 +2,7 @@
 import grpc
 
 from edge_agent.agent import TeacherAvailability
-from edge_agent.teacher_client import TeacherRejected, TeacherUnavailable
+from edge_agent.teacher import TeacherRejected, TeacherUnavailable
 
 
 def test_failures_back_off_exponentially_up_to_a_cap_and_success_resets():

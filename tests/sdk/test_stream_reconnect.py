@@ -59,7 +59,7 @@ def test_a_camera_that_reboots_is_reconnected_with_the_same_student(artifacts, k
     assert indices == sorted(indices) and len(set(indices)) == len(indices)  # one stream, indices keep counting
     assert results[0].reconnects == 0 and results[-1].reconnects == 1
     assert all(r.labels.shape == (288, 384) for r in results)
-    assert agent.frames == len(results) and stream_stats.delivered == len(results)
+    assert agent.counters.frames == len(results) and stream_stats.delivered == len(results)
 
 
 @pytest.mark.slow
