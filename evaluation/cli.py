@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core.config import add_config_arguments, config_from_args
+from sdk.embedded import EMBEDDED, EMBEDDED_TEACHER
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s = sub.add_parser("stream", help="long-video protocol: teacher labels as ground truth, online vs baselines",
                        description="The paper's long-video protocol on one clip (Table 2 and Figure 4).")
     s.add_argument("video", help="video file, frame folder, or clip name (vtest, bikes)")
-    s.add_argument("--teacher", default="embedded",
-                   help="embedded (yolov7-seg in process), embedded:NAME (e.g. embedded:yolov5s-seg) or grpc://HOST:PORT")
+    s.add_argument("--teacher", default=EMBEDDED,
+                   help=f"{EMBEDDED} ({EMBEDDED_TEACHER} in process), {EMBEDDED}:NAME (e.g. {EMBEDDED}:yolov5s-seg) "
+                        "or grpc://HOST:PORT")
     s.add_argument("--classes", type=_names, default=["person", "auto"], help="comma-separated class groups")
     s.add_argument("--frames", type=int, help="use only the first N frames")
     s.add_argument("--scale", type=float, default=0.5, help="resize frames by this factor once (teacher and student)")
@@ -202,9 +204,10 @@ def run_davis(args: argparse.Namespace) -> int:
 
 
 def default_label_cache() -> Path:
-    import os
+    """Where the teacher's labels are cached: ``$JITNET_CACHE/labels`` (core.cache)."""
+    from core.cache import cache_root
 
-    return Path(os.environ.get("JITNET_CACHE", Path.home() / ".cache" / "jitnet-edge")) / "labels"
+    return cache_root() / "labels"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 ``TeacherSource`` turns the CLI's ``--teacher`` value into something that
 labels frames: ``embedded`` / ``embedded:NAME`` load a teacher backend in this
-process (default yolov7-seg); a URL (``grpc://host:port``) asks a running
+process (see sdk.embedded; yolov7-seg when unnamed); a URL (``grpc://host:port``) asks a running
 teacher server.  The model is loaded (or the server contacted) only when a
 frame actually needs labelling, so a run whose labels are all cached never
 touches the teacher.
@@ -24,11 +24,9 @@ import cv2
 import numpy as np
 
 from evaluation.label_cache import CacheKey, LabelCache
+from sdk.embedded import embedded_teacher
 
 log = logging.getLogger(__name__)
-
-EMBEDDED = "embedded"
-DEFAULT_EMBEDDED_BACKEND = "yolov7-seg"
 
 #: Forward GFLOPs of each teacher at a 640x640 input, counted with
 #: torch.utils.flop_counter.FlopCounterMode on the bundled checkpoints (yolo-seg)
@@ -77,14 +75,12 @@ class TeacherSource:
 
     @property
     def embedded(self) -> bool:
-        return self.spec == EMBEDDED or self.spec.startswith(EMBEDDED + ":")
+        return self.backend_name is not None
 
     @property
     def backend_name(self) -> Optional[str]:
         """The in-process backend's registry name (None for a URL)."""
-        if not self.embedded:
-            return None
-        return self.spec.split(":", 1)[1] if ":" in self.spec else DEFAULT_EMBEDDED_BACKEND
+        return embedded_teacher(self.spec)
 
     def identity(self) -> tuple[str, str]:
         """(model name, model version) for the cache key.
@@ -235,7 +231,9 @@ class CachedTeacher:
 
     ``labels`` holds, per frame, either a label map (boxes are then derived from its
     connected regions) or a full teacher answer with ``label_map`` and ``instances``
-    (e.g. a :class:`teacher_server.labeler.LabelResult`), whose boxes are used as given.
+    (a :class:`core.labels.TeacherLabels`), whose boxes are used as given.  It is the one
+    teacher over precomputed answers: the evaluations, `jitnet bench agent --student-only`
+    and, behind its live-mode queue, `jitnet bench fleet` (bench.fleet.SimulatedClient) use it.
     ``score_threshold`` is the one the answers were computed at: a request for another
     is refused instead of silently answered with the wrong detections.
     """

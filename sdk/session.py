@@ -11,53 +11,14 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
-from edge_agent.agent import DistillationAgent, FrameResult
 from core.config import DistillConfig
+from edge_agent.agent import DistillationAgent, FrameResult
+from sdk.artifact_cache import default_artifacts
+from sdk.embedded import embedded_teacher
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_PREFIX = "embedded"
-
-
-def default_artifacts(classes: Sequence[str], width: float, init: "str | Path | None" = "default") -> Path:
-    """Artifacts for these classes, exported once into the user's cache (needs torch).
-
-    ``init`` is where the weights start: ``default`` (the shipped pre-trained
-    student), ``none`` (random) or a checkpoint path; the student's head is
-    cut to ``classes`` (groups the checkpoint never learnt get a fresh channel).
-    """
-    import os
-
-    from export.pretrained import describe_start, resolve_init, sha256_of
-
-    start = resolve_init(init, width)
-    tag = "random" if start is None else f"init-{sha256_of(start)[:12]}"
-    root = Path(os.environ.get("JITNET_CACHE", Path.home() / ".cache" / "jitnet-edge")) / "artifacts"
-    target = root / f"{'-'.join(classes)}-w{width:g}-{tag}"
-    log.info("student starts from %s", describe_start(start))
-    try:
-        from core.manifest import load_manifest
-
-        manifest = load_manifest(target)
-        if manifest.class_names[1:] == list(classes):
-            return target
-    except Exception:
-        pass
-    try:
-        from export.artifacts import generate
-        from export.jitnet import load_student
-    except ImportError as exc:
-        raise RuntimeError(
-            f"no artifacts given and PyTorch is not installed to export them ({exc}); run "
-            f"`jitnet export --classes {','.join(classes)} --out DIR` on a machine with jitnet-edge[export] "
-            "and pass artifacts=DIR"
-        ) from exc
-    model = None if start is None else load_student(start, width=width, classes=list(classes))
-    log.info("exporting JITNet artifacts for %s (width %g) to %s", list(classes), width, target)
-    generate(target, class_names=list(classes), width=width, model=model)
-    return target
 
 
 @dataclass
@@ -115,8 +76,9 @@ class Session:
         self.teacher_info: dict[str, Any] = {}
         self.url = teacher_url
         try:
-            if teacher_url and teacher_url.startswith(EMBEDDED_PREFIX):
-                self.url = self._start_embedded(teacher_url)
+            backend = embedded_teacher(teacher_url)
+            if backend is not None:
+                self.url = self._start_embedded(backend)
             artifacts = options.artifacts or default_artifacts(options.classes, options.width, options.init)
             if options.artifacts:
                 self.start = f"the artifacts in {options.artifacts}"
@@ -143,10 +105,9 @@ class Session:
         self._steps_at_start = self.trainer.steps  # what a restore brought back is on disk already
         self._lesson_saved = False
 
-    def _start_embedded(self, url: str) -> str:
+    def _start_embedded(self, backend: str) -> str:
         from teacher_server.server import start_server
 
-        backend = url.partition(":")[2] or "yolov5s-seg"
         self._server = start_server(backend, port=0, max_batch=1)
         log.info("embedded teacher %s on %s", backend, self._server.url)
         return self._server.url
@@ -279,8 +240,8 @@ def connect(
     """Connect a student to a teacher.
 
     ``teacher_url``: ``grpc://host:port`` (``grpcs://`` for TLS), or
-    ``"embedded"`` / ``"embedded:yolov7-seg"`` to run the teacher in this
-    process, or None for a student that never learns.  ``options`` are the
+    ``"embedded"`` (yolov7-seg, sdk.embedded.EMBEDDED_TEACHER) / ``"embedded:yolov5s-seg"`` to run the
+    teacher in this process, or None for a student that never learns.  ``options`` are the
     fields of :class:`SessionOptions` (classes, width, artifacts, backend,
     state_dir, token, strict, ...).  With ``strict=True`` (default) an
     unreachable teacher raises ConnectionError here; with ``strict=False`` the

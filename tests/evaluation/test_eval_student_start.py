@@ -1,4 +1,4 @@
-"""Where an evaluation's student comes from (--artifacts / --init), and the cached teacher's boxes."""
+"""Where an evaluation's student comes from (--artifacts / --init; the one artifact cache), and the cached teacher's boxes."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,6 +30,22 @@ def test_init_checkpoint_is_exported_once_and_reported(tmp_path, monkeypatch):
     again = resolve_start(["object"], init=ckpt)
     assert again.artifacts == start.artifacts
     assert (again.artifacts / "manifest.json").stat().st_mtime_ns == stamp  # not exported twice
+
+
+def test_the_sdk_and_the_evaluations_share_one_export_per_checkpoint(tmp_path, monkeypatch):
+    from export.jitnet import build_jitnet, save_student
+    from sdk.artifact_cache import default_artifacts
+
+    monkeypatch.setenv("JITNET_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "student.pt"
+    save_student(build_jitnet(0.5, 2, seed=3), ckpt, classes=["person"])
+    evaluated = resolve_start(["person"], init=ckpt).artifacts
+    stamp = (evaluated / "manifest.json").stat().st_mtime_ns
+    assert default_artifacts(["person"], 0.5, ckpt) == evaluated  # what `jitnet run --init` would use
+    assert (evaluated / "manifest.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "cache" / "artifacts").iterdir()] == [evaluated.name]
+    with pytest.raises(Exception, match="width"):  # a checkpoint of another width is refused, not re-keyed
+        default_artifacts(["person"], 0.25, ckpt)
 
 
 def test_checkpoint_for_other_classes_gets_a_fresh_channel_or_a_new_head_when_asked(tmp_path, monkeypatch):
