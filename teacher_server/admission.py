@@ -18,8 +18,9 @@ one slow batch (the process paused, the machine was busy) a server that
 believes a frame takes too long refuses every frame and so never measures
 again. Three rules keep the estimate honest:
 
-- it ages: while nothing new is measured, a batch size's estimate decays toward
-  the best of its recent measurements (one stall is forgotten in seconds);
+- it ages: while the server measures nothing (it is refusing everything), each
+  batch size's estimate decays toward the best of its recent measurements (one
+  stall is forgotten in seconds);
 - a batch size never measured is interpolated from its measured neighbours
   (proportionally below the smallest), not given a larger batch's whole time;
 - an idle server that has refused everything for `probe_after_s` admits one
@@ -45,9 +46,9 @@ class ServiceTimes:
 
     Each measured size keeps a moving average plus its mean deviation (as TCP
     estimates round trips, so a machine whose speed varies is not
-    over-promised) and its last `recent` measurements. A size not measured for
-    more than `grace_s` ages: the part of its estimate above its best recent
-    measurement shrinks by e every `age_s` seconds.
+    over-promised) and its last `recent` measurements. While the server
+    measures nothing (see _decay) the estimates age: the part of each above its
+    best recent measurement shrinks by e every `age_s` seconds.
     """
 
     def __init__(self, alpha: float = 0.3, *, age_s: float = 2.0, grace_s: float = 1.0, recent: int = 8,
@@ -58,40 +59,46 @@ class ServiceTimes:
         self._recent_n = recent
         self._mean: dict[int, float] = {}
         self._dev: dict[int, float] = {}
-        self._last: dict[int, float] = {}
         self._recent: dict[int, collections.deque[float]] = {}
         self._sizes: list[int] = []  # measured sizes, sorted
+        self._last = -math.inf  # when the last batch (of any size) was measured
+        self._last_seconds = 0.0  # and how long it took
 
-    def _decay(self, size: int, now: float) -> float:
-        """How much of the estimate's excess over the best recent measurement is left after the gap since the last one.
+    def _decay(self, now: float) -> float:
+        """How much of each estimate's excess over its best recent measurement is left after this idle time.
 
-        A size measured at least every `grace_s` (a busy server) does not age:
-        there the moving average alone follows the machine.
+        Idle means no batch measured for max(grace_s, twice the last batch's
+        time): a busy server does not age (its moving averages follow the
+        machine); one that computes nothing (it refuses everything) does.
         """
-        idle = now - self._last[size] - self.grace_s
+        idle = now - self._last - max(self.grace_s, 2.0 * self._last_seconds)
         return 1.0 if idle <= 0 else math.exp(-idle / self.age_s)
 
     def observe(self, size: int, seconds: float, now: Optional[float] = None) -> None:
         now = self._clock() if now is None else now
+        # Keep what the estimates have aged to, so a forgotten stall does not come back with this measurement.
+        decay = self._decay(now)
+        if decay < 1.0:
+            for known in self._sizes:
+                best = min(self._recent[known])
+                if self._mean[known] > best:
+                    self._mean[known] = best + (self._mean[known] - best) * decay
+                self._dev[known] *= decay
         if size not in self._mean:
             self._mean[size], self._dev[size] = seconds, 0.0
             self._recent[size] = collections.deque(maxlen=self._recent_n)
             bisect.insort(self._sizes, size)
         else:
-            # Start from what the estimate has aged to, so a forgotten stall does not come back.
-            decay, best = self._decay(size, now), min(self._recent[size])
             mean = self._mean[size]
-            mean = best + (mean - best) * decay if mean > best else mean
-            dev = self._dev[size] * decay
-            self._dev[size] = (1 - self.alpha) * dev + self.alpha * abs(seconds - mean)
+            self._dev[size] = (1 - self.alpha) * self._dev[size] + self.alpha * abs(seconds - mean)
             self._mean[size] = (1 - self.alpha) * mean + self.alpha * seconds
         self._recent[size].append(seconds)
-        self._last[size] = now
+        self._last, self._last_seconds = now, seconds
 
     def _measured(self, size: int, now: float) -> float:
         best = min(self._recent[size])
         full = self._mean[size] + self._dev[size]
-        return full if full <= best else best + (full - best) * self._decay(size, now)
+        return full if full <= best else best + (full - best) * self._decay(now)
 
     def estimate(self, size: int, now: Optional[float] = None) -> Optional[float]:
         """Expected seconds for a batch of `size`; None before anything was measured.

@@ -79,7 +79,8 @@ class CallLimits:
     max_hold_s: float = 1.0
     max_held: int = 128
     max_held_per_camera: int = 64
-    #: A camera that held nothing and sent nothing for this long is forgotten (its pacing, its queue-policy state).
+    #: A camera whose last call ended this long ago and that sent nothing since is forgotten (its pacing, its
+    #: queue-policy state).
     forget_after_s: float = 30.0
 
 
@@ -222,6 +223,7 @@ class CallLimiter:
                 _decrement(self._per_camera, ticket.camera_id)
                 if ticket.stream:
                     _decrement(self._streams, ticket.camera_id)
+                self._pacer.touch(ticket.camera_id, self._clock())
 
     # -- frame memory --------------------------------------------------------------------
     def acquire_bytes(self, nbytes: int) -> None:

@@ -115,6 +115,12 @@ class Pacer:
         pace.not_before = max(pace.not_before, now + hint)
         return hint
 
+    def touch(self, camera: str, now: float) -> None:
+        """The camera's call ended now: it counts as seen (it is forgotten only after a quiet while from here)."""
+        pace = self._paces.get(camera)
+        if pace is not None:
+            pace.seen = max(pace.seen, now)
+
     def on_probation(self, camera: str) -> bool:
         pace = self._paces.get(camera)
         return pace is not None and pace.strikes > 0
