@@ -91,7 +91,13 @@ class SharedTeacher:
 
 
 class SimulatedClient:
-    """A camera's teacher client against the SharedTeacher (the agent's edge_agent.teacher.Teacher, live mode)."""
+    """A camera's teacher client against the SharedTeacher (the agent's edge_agent.teacher.Teacher, live mode).
+
+    Not a second fake teacher: the answers are CachedTeacher's (the one teacher over
+    precomputed labels).  What this adds is the job CachedTeacher does not do, the
+    live-mode submit(): a request waits in the SharedTeacher's real queue, in video
+    time, and its answer carries the stride stretch that queue decided.
+    """
 
     def __init__(self, teacher: SharedTeacher, camera: Camera, groups: Sequence[str], clock) -> None:
         from evaluation.teacher_labels import CachedTeacher

@@ -25,19 +25,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def precompute_labels(frames: list, groups: list[str], teacher: str, out: Path) -> None:
-    """The teacher's answer on every frame, in a file the worker of any commit can read."""
+    """The teacher's label map of every frame, in a file the worker of any commit can read."""
     import numpy as np
 
     from teacher_server.labeler import Labeler
 
     labeler = Labeler.from_name(teacher)
-    maps, boxes = [], []
-    for f in frames:
-        r = labeler.label(f, groups)
-        maps.append(r.label_map)
-        boxes.append([(*map(float, i.box), i.group_index) for i in r.instances])
-    np.savez_compressed(out, frames=np.stack(frames), maps=np.stack(maps),
-                        boxes=json.dumps(boxes), groups=json.dumps(groups))
+    maps = [labeler.label(f, groups).label_map for f in frames]
+    np.savez_compressed(out, frames=np.stack(frames), maps=np.stack(maps), groups=json.dumps(groups))
 
 
 def _run_worker(tree: Path, labels: Path, artifacts: Path, threads: int) -> dict[str, Any]:

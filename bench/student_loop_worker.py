@@ -3,6 +3,10 @@
 Usage: python student_loop_worker.py LABELS.npz ARTIFACTS THREADS -> one JSON line.
 It imports the agent the way that commit lays it out (before and after the
 core/ layer existed), so one benchmark compares two versions of the code.
+The teacher is that tree's own CachedTeacher (evaluation.teacher_labels, once
+sdk.evaluation.teacher_labels), given label maps only: every tree since the
+evaluations exist answers those the same way (boxes from the label map's
+regions), so both sides of a comparison train on identical answers.
 """
 from __future__ import annotations
 
@@ -20,34 +24,22 @@ def _imports():
     try:  # the tree before the core/ layer (tried first: the installed package may provide core/)
         from edge_agent.config import DistillConfig
         from edge_agent.metrics import mean_iou
-        from edge_agent.teacher_client import Instance, TeacherLabels
     except ImportError:
         from core.config import DistillConfig
-        from core.labels import Instance, TeacherLabels
         from core.metrics import mean_iou
-    return DistillationAgent, load_trainer, DistillConfig, Instance, TeacherLabels, mean_iou
-
-
-class _MemoryTeacher:
-    def __init__(self, maps, boxes, groups, Instance, TeacherLabels):
-        self.maps, self.boxes, self.groups = maps, boxes, tuple(groups)
-        self.Instance, self.TeacherLabels = Instance, TeacherLabels
-        self.calls = 0
-
-    def label(self, frame_rgb, groups, *, frame_index, **_):
-        self.calls += 1
-        instances = [self.Instance(tuple(b[:4]), self.groups[int(b[4]) - 1], int(b[4]), 1.0)
-                     for b in self.boxes[frame_index]]
-        return self.TeacherLabels(frame_index=frame_index, label_map=self.maps[frame_index], instances=instances,
-                                  groups=self.groups, model_name="memory", model_version="")
+    try:  # the evaluations' home before they left sdk/ (tried first, for the same reason)
+        from sdk.evaluation.teacher_labels import CachedTeacher
+    except ImportError:
+        from evaluation.teacher_labels import CachedTeacher
+    return DistillationAgent, load_trainer, DistillConfig, CachedTeacher, mean_iou
 
 
 def main() -> None:
     labels_path, artifacts, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    DistillationAgent, load_trainer, DistillConfig, Instance, TeacherLabels, mean_iou = _imports()
+    DistillationAgent, load_trainer, DistillConfig, CachedTeacher, mean_iou = _imports()
     data = np.load(labels_path)
     frames, maps = data["frames"], data["maps"]
-    boxes, groups = json.loads(str(data["boxes"])), json.loads(str(data["groups"]))
+    groups = json.loads(str(data["groups"]))
     trainer = load_trainer(artifacts, threads=threads)
     forwards = [0]
     predict = trainer.predict
@@ -57,7 +49,7 @@ def main() -> None:
         return predict(image)
 
     trainer.predict = counting_predict
-    teacher = _MemoryTeacher(maps, boxes, groups, Instance, TeacherLabels)
+    teacher = CachedTeacher(list(maps), groups, model_name="memory")
     agent = DistillationAgent(trainer, teacher, DistillConfig(accuracy_threshold=0.8))
     agent.process(0, frames[0])  # warm-up (first run at this size), not timed
     ious = []
