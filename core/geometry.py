@@ -14,22 +14,41 @@ import numpy as np
 STRIDE = 32
 
 
-def check_frame(frame: np.ndarray) -> np.ndarray:
-    """Validate an RGB uint8 (H, W, 3) frame; grayscale (H, W) is expanded."""
+#: The frame format of the whole system, and what is converted to it.
+FRAME_FORMAT = "RGB uint8 of shape (H, W, 3)"
+CONVERTED = "grayscale (H, W) or (H, W, 1) and RGBA (H, W, 4) are converted"
+
+
+def check_frame(frame: np.ndarray, *, convert: bool = True, bgr: bool = False) -> np.ndarray:
+    """The one frame check: an RGB uint8 (H, W, 3) C-contiguous array, or an error saying how to get one.
+
+    Sources, the agent, the teacher client and the trainer all call it, so a bad
+    frame gets the same advice wherever it is caught.  ``convert`` (frames as users
+    hand them in) expands grayscale and drops RGBA's alpha; without it (the trainer,
+    which only takes what the agent prepared) those are refused.  ``bgr``: the frame
+    is in OpenCV's channel order and is flipped (one copy, with the rest).
+    """
     if not isinstance(frame, np.ndarray):
-        raise TypeError(f"a frame must be a numpy array, got {type(frame).__name__}")
-    if frame.ndim == 2:
-        frame = np.repeat(frame[:, :, None], 3, axis=2)
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(
-            f"a frame must be RGB with shape (H, W, 3), got {frame.shape}; "
-            "drop alpha with frame[..., :3] or convert with cv2.cvtColor"
-        )
-    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise TypeError(f"a frame must be a numpy array, {FRAME_FORMAT}; got {type(frame).__name__}")
+    if frame.size == 0:
         raise ValueError(f"a frame must not be empty, got shape {frame.shape}")
     if frame.dtype != np.uint8:
-        raise ValueError(f"a frame must be uint8 (0..255), got {frame.dtype}; convert with np.clip(x, 0, 255).astype(np.uint8)")
-    return frame
+        raise ValueError(
+            f"a frame must be uint8 (0..255), got {frame.dtype}; for floats in [0, 1] use "
+            "(img * 255).round().astype(np.uint8), for other ranges np.clip(img, 0, 255).astype(np.uint8)"
+        )
+    if convert and frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if convert and frame.ndim == 2:
+        return np.ascontiguousarray(np.repeat(frame[:, :, None], 3, axis=2))
+    if convert and frame.ndim == 3 and frame.shape[2] == 4:
+        frame = frame[:, :, :3]
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        hint = CONVERTED if convert else "convert grayscale and RGBA with core.geometry.check_frame or cv2.cvtColor"
+        raise ValueError(f"shape {frame.shape} is not an image here: a frame must be {FRAME_FORMAT} ({hint})")
+    if bgr:
+        frame = frame[:, :, ::-1]
+    return np.ascontiguousarray(frame)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Optional, Protocol
 
 import numpy as np
 
+from core.geometry import check_frame
 from core.manifest import ArtifactError, Manifest
 from edge_agent.state import SnapshotStore
 
@@ -48,15 +49,8 @@ class Trainer(Protocol):
 
 
 def check_image(image: np.ndarray, stride: int = 32) -> None:
-    """The trainer takes the student's grid only; say how to get there otherwise."""
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", None)
-        raise ValueError(
-            f"expected an RGB image of shape (H, W, 3), got {shape}; "
-            "convert grayscale or RGBA frames to RGB first (cv2.cvtColor)"
-        )
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    """The trainer takes the student's grid only: the one frame check (nothing converted), then the stride."""
+    check_frame(image, convert=False)
     h, w = image.shape[:2]
     if h == 0 or w == 0 or h % stride or w % stride:
         raise ValueError(

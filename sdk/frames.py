@@ -1,7 +1,8 @@
 """What a frame source delivers: :class:`Frame` (RGB uint8), its checks and its resize.
 
-Every source in :mod:`sdk.sources` is brought to this one format here, so the
-rest of the system never sees BGR, grayscale, RGBA or a float image.
+Every source in :mod:`sdk.sources` is brought to this one format here (by
+core.geometry.check_frame, the system's one frame check), so the rest of the
+system never sees BGR, grayscale, RGBA or a float image.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any, Tuple, Union
 
 import cv2
 import numpy as np
+
+from core.geometry import check_frame
 
 Resize = Union[Tuple[int, int], float, None]
 
@@ -53,34 +56,15 @@ class StreamStats:
 
 
 def ensure_rgb(image: Any, *, source_is_bgr: bool = False, where: str = "frame") -> np.ndarray:
-    """Check a frame and bring it to RGB uint8 (H, W, 3), C-contiguous.
+    """A source's frame through :func:`core.geometry.check_frame` (the one frame check), as RGB uint8.
 
-    Grayscale (H, W) / (H, W, 1) is expanded to three channels and RGBA loses
-    its alpha; anything else raises, because guessing a float scale or a
-    channel order would silently feed the student garbage.
+    OpenCV's BGR is flipped here, once; a frame the check refuses raises
+    StreamError naming the frame, with the check's own advice.
     """
-    if not isinstance(image, np.ndarray):
-        raise StreamError(f"{where}: expected a numpy array, got {type(image).__name__}")
-    if image.size == 0:
-        raise StreamError(f"{where}: empty image with shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise StreamError(
-            f"{where}: dtype {image.dtype} is not supported; frames must be uint8 0..255 "
-            "(for floats in [0, 1] use (img * 255).round().astype(np.uint8))"
-        )
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise StreamError(
-            f"{where}: shape {image.shape} is not an image; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
-        )
-    if image.shape[2] == 4:
-        image = image[:, :, :3]
-    if source_is_bgr:
-        image = image[:, :, ::-1]
-    return np.ascontiguousarray(image)
+    try:
+        return check_frame(image, bgr=source_is_bgr)
+    except (TypeError, ValueError) as exc:
+        raise StreamError(f"{where}: {exc}") from None
 
 
 def resize_frame(image: np.ndarray, resize: Resize) -> np.ndarray:
