@@ -20,15 +20,12 @@ Methods (all OpenCV, CPU):
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 _DIS_PRESETS = {
     "dis_medium": "DISOPTICAL_FLOW_PRESET_MEDIUM",
@@ -176,16 +173,6 @@ class FlowBaselineStats:
         }
 
 
-@dataclass
-class FlowBaselineResult:
-    labels: list[np.ndarray]
-    stats: FlowBaselineStats
-
-    @property
-    def teacher_calls(self) -> int:
-        return self.stats.teacher_calls
-
-
 def iter_flow_baseline(
     frames: Iterable[np.ndarray],
     teacher_labels_fn: TeacherFn,
@@ -221,21 +208,3 @@ def iter_flow_baseline(
             stats.flow_seconds += prop.seconds - before
         stats.frames += 1
         yield out
-
-
-def run_flow_baseline(
-    frames: Iterable[np.ndarray],
-    teacher_labels_fn: TeacherFn,
-    keyframe_interval: int,
-    method: str = SLOW_METHOD,
-    *,
-    scale: float = 1.0,
-) -> FlowBaselineResult:
-    """All label maps of a flow baseline over ``frames``, with its teacher calls and timing."""
-    stats = FlowBaselineStats(method, keyframe_interval)
-    labels = list(iter_flow_baseline(frames, teacher_labels_fn, keyframe_interval, method, scale=scale, stats=stats))
-    log.info(
-        "flow baseline %s/%d: %d frames, %d teacher calls, %.1f ms flow per frame",
-        method, keyframe_interval, stats.frames, stats.teacher_calls, stats.flow_ms_per_frame,
-    )
-    return FlowBaselineResult(labels, stats)

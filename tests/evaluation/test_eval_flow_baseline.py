@@ -6,7 +6,7 @@ import pytest
 
 from evaluation.davis_data import load_sequence
 from evaluation.davis_metrics import db_eval_iou
-from evaluation.flow import FLOW_METHODS, FlowPropagator, run_flow_baseline
+from evaluation.flow import FLOW_METHODS, FlowBaselineStats, FlowPropagator, iter_flow_baseline
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +59,24 @@ def test_flow_baseline_calls_teacher_on_keyframes_only_and_reports_cost(sequence
         asked.append(i)
         return masks[i].astype(np.uint8)
 
-    slow = run_flow_baseline(frames, teacher, 8, "dis_medium")
-    assert asked == [0, 8, 16] and slow.teacher_calls == 3 and slow.stats.teacher_frames == [0, 8, 16]
-    assert len(slow.labels) == 17
+    slow = FlowBaselineStats("dis_medium", 8)
+    slow_labels = list(iter_flow_baseline(frames, teacher, 8, "dis_medium", stats=slow))
+    assert asked == [0, 8, 16] and slow.teacher_calls == 3 and slow.teacher_frames == [0, 8, 16]
+    assert len(slow_labels) == 17 and slow.frames == 17
     for k in (0, 8, 16):
-        assert np.array_equal(slow.labels[k], masks[k])
+        assert np.array_equal(slow_labels[k], masks[k])
     # Between keyframes the flow labels beat holding the keyframe's labels (fixed stride).
-    j_flow = np.mean([db_eval_iou(masks[i], slow.labels[i]) for i in range(17) if i % 8])
+    j_flow = np.mean([db_eval_iou(masks[i], slow_labels[i]) for i in range(17) if i % 8])
     j_hold = np.mean([db_eval_iou(masks[i], masks[i - i % 8]) for i in range(17) if i % 8])
     assert j_flow > j_hold + 0.1, (j_flow, j_hold)
-    assert slow.stats.flow_seconds > 0 and slow.stats.flow_ms_per_frame > 0
-    assert slow.stats.to_dict()["teacher_calls"] == 3
+    assert slow.flow_seconds > 0 and slow.flow_ms_per_frame > 0
+    assert slow.to_dict()["teacher_calls"] == 3
 
-    fast = run_flow_baseline(frames, teacher, 16, "dis_ultrafast")
+    fast = FlowBaselineStats("dis_ultrafast", 16)
+    assert len(list(iter_flow_baseline(frames, teacher, 16, "dis_ultrafast", stats=fast))) == 17
     assert fast.teacher_calls == 2
     # ULTRAFAST is the cheap one (about 10x less than MEDIUM when measured).
-    assert fast.stats.flow_ms_per_frame < slow.stats.flow_ms_per_frame
+    assert fast.flow_ms_per_frame < slow.flow_ms_per_frame
 
 
 def test_bad_arguments_say_what_to_do(sequences):
@@ -83,4 +85,4 @@ def test_bad_arguments_say_what_to_do(sequences):
     with pytest.raises(RuntimeError, match="reset"):
         FlowPropagator().step(sequences["blackswan"].frames[0])
     with pytest.raises(ValueError, match="keyframe_interval"):
-        run_flow_baseline([], lambda i, f: f, 0)
+        next(iter_flow_baseline([], lambda i, f: f, 0))

@@ -9,7 +9,7 @@ import pytest
 from conftest import load_davis_frame
 
 from evaluation import label_cache as lc
-from evaluation.flow import run_flow_baseline
+from evaluation.flow import FlowBaselineStats, iter_flow_baseline
 from evaluation.label_cache import CacheKey, LabelCache, video_identity
 
 GROUPS = [["person"], ["car", "bus", "truck"]]
@@ -144,10 +144,15 @@ def test_cached_teacher_makes_a_baseline_rerun_teacher_free(tmp_path, davis_root
         calls.append(i)
         return masks[i].astype(np.uint8)
 
-    first = run_flow_baseline(frames, LabelCache(tmp_path).wrap(key, teacher), 4, "dis_ultrafast")
-    second = run_flow_baseline(frames, LabelCache(tmp_path).wrap(key, teacher), 4, "dis_ultrafast")
-    assert calls == [0, 4, 8] and first.teacher_calls == second.teacher_calls == 3
-    for a, b in zip(first.labels, second.labels):
+    runs = []
+    for _ in range(2):
+        stats = FlowBaselineStats("dis_ultrafast", 4)
+        labels = list(iter_flow_baseline(frames, LabelCache(tmp_path).wrap(key, teacher), 4, "dis_ultrafast",
+                                         stats=stats))
+        runs.append((labels, stats))
+    (first, first_stats), (second, second_stats) = runs
+    assert calls == [0, 4, 8] and first_stats.teacher_calls == second_stats.teacher_calls == 3
+    for a, b in zip(first, second):
         assert np.array_equal(a, b)
 
 
