@@ -1,8 +1,14 @@
-"""`jitnet` command line: one entry point, one module per subcommand.
+"""`jitnet` command line: one entry point, one registry of subcommands.
 
-Each subcommand lives beside the code it drives and is imported only when
-called, so `jitnet teacher` never imports the edge runtime and `jitnet run`
-never imports torch.
+COMMANDS names the module of each subcommand (it has add_arguments(parser) and
+run(args) -> int).  A side's own command lives in that side (export/cli.py,
+teacher_server/cli.py); the SDK's in sdk/ (run_cli.py, demo.py, doctor.py); the
+evaluations' and the benchmarks' in evaluation/cli.py and bench/cli.py (which
+has its own registry, BENCHES); `pretrain`, which draws on export/ and on
+evaluation/ (teacher-distilled frames), sits here in cli/pretrain.py, the one
+layer above both.  Only the chosen command's module is imported, so
+`jitnet teacher` never imports the edge runtime, and `jitnet run` imports torch
+only to export artifacts the cache does not hold yet.
 """
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import importlib
 import logging
 import sys
 from typing import Optional, Sequence
+
+from bench.cli import BENCHES  # a plain dict: importing it imports no benchmark
 
 # name -> (module with add_arguments(parser) and run(args) -> int, help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sdk.demo", "the whole system on a real clip, with an embedded teacher"),
     "eval": ("evaluation.cli", "the paper's evaluations on real video"),
     "pretrain": ("cli.pretrain", "pre-train the student offline (COCO, YOLO-seg, label PNGs, teacher-distilled)"),
-    "bench": ("bench.cli", "benchmarks (train | teacher | agent)"),
+    "bench": ("bench.cli", f"benchmarks ({' | '.join(BENCHES)})"),
 }
 
 

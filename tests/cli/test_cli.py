@@ -15,6 +15,13 @@ def test_help_of_every_command(argv):
     assert "usage: jitnet" in proc.stdout
 
 
+def test_top_level_help_lists_every_benchmark_of_the_registry():
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = " ".join(proc.stdout.split())  # argparse wraps long help lines
+    assert f"benchmarks ({' | '.join(BENCHES)})" in listed, proc.stdout
+
+
 def test_unknown_command_is_refused_with_the_list():
     proc = subprocess.run([sys.executable, "-m", "cli.main", "frobnicate"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
