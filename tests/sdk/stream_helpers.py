@@ -58,8 +58,8 @@ def cameras():
     """The camera kinds as pytest params, each skipped with the reason when its server is not installed."""
     out = []
     out.append(pytest.param("rtsp", marks=pytest.mark.skipif(not _has_rtsp_server(), reason=(
-        "GStreamer's RTSP server is not installed: .ci/run installs it as root (apt-get install python3-gi "
-        "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-{base,good,ugly,bad} gstreamer1.0-libav)"))))
-    out.append(pytest.param("http", marks=pytest.mark.skipif(shutil.which("ffmpeg") is None,
-                                                             reason="ffmpeg is not installed (.ci/run: apt-get install ffmpeg)")))
+        "GStreamer's RTSP server is not installed: `make test` installs it when run as root, "
+        "`sudo make test-deps` installs it otherwise (Debian/Ubuntu apt; the list is the Makefile's TEST_APT_PACKAGES)"))))
+    out.append(pytest.param("http", marks=pytest.mark.skipif(shutil.which("ffmpeg") is None, reason=(
+        "ffmpeg is not installed: `make test` installs it when run as root, `sudo make test-deps` otherwise"))))
     return out
