@@ -1,8 +1,9 @@
 """The two Ray Serve deployments of the teacher fleet: a thin gRPC ingress and the model replicas.
 
 The ingress runs the native server's own TeacherServicer (validation, tokens,
-call and stream limits, idle streams, status codes, response building) with
-the native server's CallLimiter, so both engines answer alike; only the queue
+call and stream limits, pacing, idle streams, status codes, response building)
+with the native server's CallLimiter (`server.limiter_from_config`), so both
+engines answer alike; only the queue
 under it differs. Where the native server has its DynamicBatcher, the ingress
 has `ray_queue.FleetQueue`: the same policy queue and admission, drained by
 calls through a Serve handle to `TeacherModel`, whose replicas batch with
@@ -26,12 +27,12 @@ from typing import Any, Callable, Iterator, Optional
 import grpc
 
 from core.labels import TeacherLabels
+from core.labels import RETRY_AFTER_KEY
 from protos import teacher_pb2
 from teacher_server.auth import TokenAuth
-from teacher_server.limits import CallLimiter, CallLimits
 from teacher_server.metrics import _BATCH_BUCKETS, _LATENCY_BUCKETS
 from teacher_server.ray_queue import FleetQueue
-from teacher_server.server import ServerConfig
+from teacher_server.server import ServerConfig, limiter_from_config
 from teacher_server.service import LabelPayload, TeacherServicer
 
 log = logging.getLogger(__name__)
@@ -176,20 +177,56 @@ class TeacherModel:
 
 # -- the ingress ----------------------------------------------------------------------------------
 class _Aborted(Exception):
-    """TeacherServicer ended the call with a status (already set on Serve's context)."""
+    """TeacherServicer ended the call with a status (set on Serve's context, except a stream's RESOURCE_EXHAUSTED)."""
+
+
+#: Metadata in which a client may state its deadline to the fleet: milliseconds left when it sent the call.
+#: Serve's proxy does not pass gRPC's own deadline on; this one reaches the ingress's admission.
+DEADLINE_KEY = "jitnet-deadline-ms"
+#: Longest deadline accepted in DEADLINE_KEY (a day).
+_MAX_DEADLINE_MS = 86_400_000
+
+
+def stated_deadline_s(metadata: Any) -> Optional[float]:
+    """Seconds left by the client's DEADLINE_KEY metadata; None without one; ValueError if it is not a
+    whole number of milliseconds in (0, a day]."""
+    for key, value in metadata or ():
+        if key.lower() == DEADLINE_KEY:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            if not text.strip().isdigit() or not 0 < int(text) <= _MAX_DEADLINE_MS:
+                raise ValueError(f"{DEADLINE_KEY} metadata must be a whole number of milliseconds between 1 and "
+                                 f"{_MAX_DEADLINE_MS}, got {text[:32]!r}")
+            return int(text) / 1000.0
+    return None
 
 
 class ServeCallContext:
     """The grpc.ServicerContext calls TeacherServicer makes, on Serve's RayServegRPCContext.
 
     Serve's proxy does not pass the client's deadline on, so time_remaining() is
-    Serve's request timeout (or None); a client that gives up makes Serve cancel
-    the call, and `finish` then runs the servicer's callbacks (which drop the frame).
+    the nearer of Serve's request timeout and the deadline the client states in
+    DEADLINE_KEY metadata (None without either); a client that gives up makes
+    Serve cancel the call, and `finish` then runs the servicer's callbacks (which
+    drop the frame). A stream's RESOURCE_EXHAUSTED is kept off Serve's context
+    (`stream_refusal` raises it as StreamRefused instead, see ray_status.py).
     """
 
-    def __init__(self, grpc_context: Any, timeout_s: Optional[float]) -> None:
+    def __init__(self, grpc_context: Any, timeout_s: Optional[float], *, stream: bool = False) -> None:
         self._context = grpc_context
-        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._stream = stream
+        self.code: Optional[grpc.StatusCode] = None
+        self.details = ""
+        self._retry_after_ms: Optional[str] = None
+        now = time.monotonic()
+        self._deadline = None if timeout_s is None else now + timeout_s
+        #: Why the DEADLINE_KEY metadata is malformed (the call then ends INVALID_ARGUMENT), else None.
+        self.bad_deadline: Optional[str] = None
+        try:
+            stated = stated_deadline_s(self.invocation_metadata())
+        except ValueError as exc:
+            stated, self.bad_deadline = None, str(exc)
+        if stated is not None:
+            self._deadline = now + stated if self._deadline is None else min(self._deadline, now + stated)
         self._callbacks: list[Callable[[], None]] = []
         self._active = True
         self._lock = threading.Lock()
@@ -212,14 +249,27 @@ class ServeCallContext:
         return False
 
     def set_trailing_metadata(self, metadata: Any) -> None:
+        metadata = list(metadata)
+        self._retry_after_ms = dict(metadata).get(RETRY_AFTER_KEY, self._retry_after_ms)
         if self._context is not None:
-            self._context.set_trailing_metadata(list(metadata))
+            self._context.set_trailing_metadata(metadata)
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
-        if self._context is not None:
+        self.code, self.details = code, details
+        if self._context is not None and not (self._stream and code == grpc.StatusCode.RESOURCE_EXHAUSTED):
             self._context.set_code(code)
             self._context.set_details(details)
         raise _Aborted(f"{code.name}: {details}")
+
+    def stream_refusal(self) -> Exception:
+        """What a stream ended by abort() raises to Serve so the client gets its status (see ray_status.py)."""
+        from teacher_server.ray_status import StreamEnded, StreamRefused
+
+        if self.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            hint = f" (retry after {self._retry_after_ms} ms)" if self._retry_after_ms else ""
+            return StreamRefused(f"{self.details}{hint}")
+        # Serve pickles it to the proxy, which sends the code set on the context.
+        return StreamEnded(f"{self.code.name if self.code else 'UNKNOWN'}: {self.details}")
 
     def finish(self) -> None:
         with self._lock:
@@ -231,27 +281,19 @@ class ServeCallContext:
                 log.debug("call callback failed", exc_info=True)
 
 
-def call_limiter(config: ServerConfig) -> CallLimiter:
-    """The native server's CallLimiter for `config` (start_server's rules: max_calls defaults to
-    max_concurrent_rpcs less 1/16, and must stay below it)."""
-    max_calls = config.max_calls
-    if max_calls is None:
-        max_calls = max(1, config.max_concurrent_rpcs - max(1, config.max_concurrent_rpcs // 16))
-    if max_calls >= config.max_concurrent_rpcs:
-        raise ValueError(f"max_calls ({max_calls}) must stay below max_concurrent_rpcs ({config.max_concurrent_rpcs}), "
-                         "or calls are refused before the server can say when to come back")
-    return CallLimiter(CallLimits(
-        max_calls=max_calls,
-        max_calls_per_camera=config.max_calls_per_camera,
-        max_streams_per_camera=config.max_streams_per_camera,
-        max_frame_bytes=config.max_frame_bytes,
-    ))
+def ingress_slots(config: ServerConfig) -> int:
+    """Calls one ingress replica takes at once: gRPC's pool of the native server, with room for held-back refusals."""
+    return config.max_concurrent_rpcs + (config.max_held if config.max_hold_s > 0 else 0)
 
 
 class TeacherIngress:
     """The gRPC methods Serve's proxy routes here, named after the RPCs (Teacher and grpc.health.v1)."""
 
     def __init__(self, model: Any, settings: IngressSettings, stats: Any = None) -> None:
+        from teacher_server.ray_status import QuietStreamEnds
+
+        # Serve logs every exception of a method with its traceback: not the streams we end on purpose.
+        logging.getLogger("ray.serve").addFilter(QuietStreamEnds())
         config = settings.config
         self._model = model
         self._settings = settings
@@ -272,11 +314,13 @@ class TeacherIngress:
             auth=TokenAuth(config.tokens) if config.tokens else None,
             max_pixels=config.max_pixels,
             max_message_bytes=config.max_message_bytes,
-            limiter=call_limiter(config),
+            limiter=limiter_from_config(config),
             stream_idle_s=config.stream_idle_s,
+            first_frame_s=config.first_frame_s,
         )
-        # Each waiting unary call and each open stream holds one of these (gRPC's own pool on the native server).
-        self._threads = ThreadPoolExecutor(max_workers=config.max_concurrent_rpcs, thread_name_prefix="teacher-ingress")
+        # Each waiting unary call, each open stream and each held-back refusal holds one of these
+        # (gRPC's own pool on the native server).
+        self._threads = ThreadPoolExecutor(max_workers=ingress_slots(config), thread_name_prefix="teacher-ingress")
         self._described = False
 
     async def _ready(self) -> None:
@@ -290,11 +334,18 @@ class TeacherIngress:
         await self._ready()
         context = ServeCallContext(grpc_context, self._settings.request_timeout_s)
         try:
+            self._check_deadline(context)
             return await asyncio.get_running_loop().run_in_executor(self._threads, method, request, context)
         except _Aborted:
             return empty
         finally:
             context.finish()
+
+    def _check_deadline(self, context: ServeCallContext) -> None:
+        """A malformed DEADLINE_KEY ends the call with INVALID_ARGUMENT before anything else."""
+        if context.bad_deadline is not None:
+            self._metrics.observe_request(grpc.StatusCode.INVALID_ARGUMENT.name)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, context.bad_deadline)
 
     async def Label(self, request: teacher_pb2.LabelRequest, grpc_context: Any = None) -> teacher_pb2.LabelResponse:
         if request.ByteSize() > self._max_message_bytes:  # the proxy's own cap may be larger
@@ -312,7 +363,7 @@ class TeacherIngress:
         """The native stream semantics (one answer per frame, in order; per-frame errors) over Serve's bidi stream."""
         await self._ready()
         loop = asyncio.get_running_loop()
-        context = ServeCallContext(grpc_context, self._settings.request_timeout_s)
+        context = ServeCallContext(grpc_context, self._settings.request_timeout_s, stream=True)
 
         def requests() -> Iterator[teacher_pb2.LabelRequest]:  # read on the servicer's reader thread
             while context.is_active():
@@ -321,16 +372,17 @@ class TeacherIngress:
                 except StopAsyncIteration:
                     return
 
-        answers = self._servicer.LabelStream(requests(), context)
         end = object()
         try:
+            self._check_deadline(context)
+            answers = self._servicer.LabelStream(requests(), context)
             while True:
                 answer = await loop.run_in_executor(self._threads, next, answers, end)
                 if answer is end:
                     return
                 yield answer
         except _Aborted:
-            return
+            raise context.stream_refusal() from None
         finally:
             context.finish()
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Optional
 
 from teacher_server.batcher import BatcherStats
-from teacher_server.ray_deployments import FleetStats, IngressSettings, ModelSettings, TeacherIngress, TeacherModel
+from teacher_server.ray_deployments import (FleetStats, IngressSettings, ModelSettings, TeacherIngress, TeacherModel,
+                                            ingress_slots)
 from teacher_server.ray_health import FleetHealth
 from teacher_server.ray_settings import check_running_serve, check_settings, loopback_node
 from teacher_server.server import ServerConfig
@@ -382,7 +383,7 @@ def _application(backend: str, config: ServerConfig, fleet: FleetOptions, *, wei
     model = serve.deployment(TeacherModel, name=MODEL_DEPLOYMENT).options(**model_options)
     ingress = serve.deployment(TeacherIngress, name=INGRESS_DEPLOYMENT).options(
         num_replicas=fleet.ingress_replicas,
-        max_ongoing_requests=config.max_concurrent_rpcs,
+        max_ongoing_requests=ingress_slots(config),
         ray_actor_options={"num_cpus": 0},
         graceful_shutdown_timeout_s=fleet.grace_s,
         graceful_shutdown_wait_loop_s=0.5,

@@ -8,11 +8,13 @@ have free slots (`slots`: their max_ongoing_requests together). So the policy
 decides who goes next whenever the replicas are busy, and Serve's own queue
 only fills when fewer replicas run than were planned for (autoscaling, a dead one).
 
-Admission uses the native `admission` rules on what this ingress sees: the
-batch times the replicas report, the frames ahead of this one here and at the
-replicas, and the deadline the ingress knows (see ServeCallContext). An idle
-fleet always admits, so a stall that inflated the estimate cannot lock every
-camera out. Everything here is per ingress replica.
+Admission is the native `admission.DeadlineAdmission` on what this ingress
+sees: the batch times the replicas report (plus the hops to them), the frames
+ahead of this one here and at the replicas, shared by the replicas, and the
+deadline the ingress knows (see ServeCallContext). Its estimates recover by
+themselves and an idle fleet that refused everything for a while admits a
+probe, as on the native server. `precheck` answers before the frame is decoded.
+Everything here is per ingress replica.
 
 Ray is imported only inside functions.
 """
@@ -27,8 +29,8 @@ from concurrent.futures import CancelledError
 from typing import Any, Optional
 
 from core.labels import TeacherLabels
-from teacher_server.admission import ServiceTimes, wait_estimate
-from teacher_server.batcher import DeadlineExpired, Job, QueueFull, ShuttingDown
+from teacher_server.admission import DeadlineAdmission, TooLate
+from teacher_server.jobs import DeadlineExpired, Job, QueueFull, ShuttingDown
 from teacher_server.scheduling import make_queue
 
 log = logging.getLogger(__name__)
@@ -67,26 +69,40 @@ class FleetQueue:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sent = 0  # frames at the replicas now
         self._tasks: dict[Job, asyncio.Task] = {}  # touched on the loop only
-        self._times = ServiceTimes()
+        self._admission = DeadlineAdmission(max_batch=max_batch, delay_s=max_delay_s)
+        self._times = self._admission.times
         self._overhead_s = 0.0  # the hops ingress -> replica -> ingress, beyond the model's own time
         #: Counts since start, as BatcherStats names them.
         self.refused_late = 0
         self.evicted = 0
+        self.probes = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
     # -- what TeacherServicer calls ----------------------------------------------------------
-    def submit(self, camera_id: str, payload: Any, deadline: Optional[float] = None, need: Optional[Any] = None) -> Job:
+    def precheck(self, camera_id: str, deadline: Optional[float] = None) -> bool:
+        """Would a frame of `camera_id` get in now? Asked before decoding; QueueFull (with a hint) or
+        ShuttingDown if not. True: admit it as a probe (pass it to submit as `checked`)."""
+        if self._loop is None:
+            raise ShuttingDown("the fleet ingress is not ready yet; retry")
+        with self._lock:
+            try:
+                self._queue.check(camera_id)
+            except QueueFull as exc:
+                raise QueueFull(str(exc), self._retry_after_locked()) from None
+            return self._admit_locked(camera_id, deadline)
+
+    def submit(self, camera_id: str, payload: Any, deadline: Optional[float] = None, need: Optional[Any] = None,
+               *, checked: Optional[bool] = None) -> Job:
         """Queue one frame; QueueFull (with a retry-after hint) when the queue, the camera's share or the
-        deadline says no; ShuttingDown before the ingress is ready."""
+        deadline says no; ShuttingDown before the ingress is ready. `checked`: precheck's answer."""
         loop = self._loop
         if loop is None:
             raise ShuttingDown("the fleet ingress is not ready yet; retry")
         job = Job(camera_id, payload, deadline, need=need)
         with self._lock:
-            if self.deadline_admission and deadline is not None:
-                self._admit_locked(job)
+            job.probe = True if checked else self._admit_locked(camera_id, deadline)
             try:
                 evicted = self._queue.put(job)
             except QueueFull as exc:
@@ -113,6 +129,11 @@ class FleetQueue:
             loop.call_soon_threadsafe(self._cancel_sent, job)
         return False
 
+    def forget_camera(self, camera_id: str) -> None:
+        """The camera has been gone a while: the queue policy forgets its pace (bounded state)."""
+        with self._lock:
+            self._queue.forget_camera(camera_id)
+
     def queue_depth(self) -> int:
         with self._lock:
             return len(self._queue) + self._sent
@@ -122,37 +143,34 @@ class FleetQueue:
             return self._retry_after_locked()
 
     # -- admission -------------------------------------------------------------------------------
-    def _wait_locked(self, camera_id: str) -> Optional[float]:
-        """Seconds until a new frame of `camera_id` is answered: what is ahead, shared by the replicas."""
-        ahead = self._queue.ahead_of(camera_id) + self._sent
-        wait = wait_estimate(self._times, math.ceil(ahead / self.replicas), self.max_batch, 0.0, self.max_delay_s)
-        return None if wait is None else wait + self._overhead_s
+    def _admit_locked(self, camera_id: str, deadline: Optional[float]) -> bool:
+        """False: admitted; True: admitted as a probe; QueueFull (with a hint) if it would be answered too late.
 
-    def _admit_locked(self, job: Job) -> None:
-        if self._sent == 0 and not len(self._queue):
-            return  # an idle fleet always tries: the only way a stale estimate learns it is stale
+        What is ahead (waiting here and at the replicas) is shared by the replicas; the hops to
+        them are added to the deadline's side, as time the frame does not have."""
+        if not self.deadline_admission or deadline is None:
+            return False
         now = time.monotonic()
-        wait = self._wait_locked(job.camera_id)
-        if wait is None or now + wait <= job.deadline:
-            return
-        self.refused_late += 1
-        remaining = job.deadline - now
-        raise QueueFull(
-            f"the teacher cannot answer within this request's deadline ({remaining * 1e3:.0f} ms left, "
-            f"about {wait * 1e3:.0f} ms of work ahead); resend later or with a longer deadline",
-            max(0.05, wait - max(0.0, remaining)),
-        )
+        ahead = math.ceil((self._queue.ahead_of(camera_id) + self._sent) / self.replicas)
+        idle = self._sent == 0 and not len(self._queue)
+        try:
+            probe = self._admission.check(now, deadline - self._overhead_s, ahead, 0.0, idle)
+        except TooLate as exc:
+            self.refused_late += 1
+            raise QueueFull(str(exc), exc.retry_after_s) from None
+        self.probes += probe
+        return probe
 
     def _retry_after_locked(self) -> float:
         """About when the queue has room: the batches ahead, shared by the replicas, at their measured cost."""
-        per_batch = self._times.estimate(self.max_batch) or 0.2
+        per_batch = self._times.estimate(self.max_batch, time.monotonic()) or 0.2
         batches = (len(self._queue) + self._sent) / (self.max_batch * self.replicas)
         return max(0.05, per_batch * batches + self._overhead_s)
 
     def observe(self, size: int, compute_s: float, round_trip_s: float) -> None:
         """A replica answered a frame computed in a batch of `size` in `compute_s`, `round_trip_s` after it was sent."""
         with self._lock:
-            self._times.observe(max(1, size), compute_s)
+            self._admission.observe(max(1, size), compute_s)
             self._overhead_s = 0.8 * self._overhead_s + 0.2 * max(0.0, round_trip_s - compute_s)
 
     # -- the loop side ---------------------------------------------------------------------------

@@ -37,8 +37,16 @@ HONOURED: dict[str, str] = {
     "max_calls_per_camera": "the ingress's CallLimiter (per ingress replica)",
     "max_streams_per_camera": "the ingress's CallLimiter (per ingress replica)",
     "max_frame_bytes": "the ingress's CallLimiter (per ingress replica; each model replica holds only its batch)",
+    "rate_per_camera": "the ingress's CallLimiter pacing (per ingress replica)",
+    "burst_per_camera": "the ingress's CallLimiter pacing (per ingress replica)",
+    "max_retry_after_s": "the ingress's CallLimiter hints",
+    "max_hold_s": "the ingress's TeacherServicer holds refusals back in an ingress thread",
+    "max_held": "the ingress's CallLimiter, with as many extra ingress threads and ongoing requests (per ingress replica)",
+    "forget_after_s": "the ingress's CallLimiter and policy queue forget idle cameras",
     "stream_idle_s": "the ingress's TeacherServicer closes the stream",
-    "deadline_admission": "the ingress's admission, on the deadline the ingress can see (see docs/fleet.md)",
+    "first_frame_s": "the ingress's TeacherServicer closes a stream without a first frame",
+    "deadline_admission": "the ingress's DeadlineAdmission, on the deadline it sees: jitnet-deadline-ms metadata and "
+                          "Serve's request_timeout_s (the proxy does not pass gRPC's deadline on)",
     "reflection": "Serve's gRPC proxy enable_reflection (the proxy's, shared by every application on it)",
     "score_threshold": "each model replica's Labeler and the ingress's GetInfo",
     "tokens": "the ingress's TeacherServicer, from the gRPC metadata the proxy passes on",
@@ -93,10 +101,10 @@ def check_settings(config: "ServerConfig", fleet: "FleetOptions", *, config_file
         if config.metrics_host not in WILDCARD_HOSTS + LOCAL_HOSTS:
             raise _refuse(f"metrics_host={config.metrics_host!r} (--metrics-host)", "Ray's metrics agent listens either "
                           "on 127.0.0.1 or on every interface; pass --metrics-host 127.0.0.1 or 0.0.0.0")
-    # max_calls against max_concurrent_rpcs, by start_server's rule.
-    from teacher_server.ray_deployments import call_limiter
+    # The limits' own checks (max_calls against max_concurrent_rpcs, ...), by start_server's builder.
+    from teacher_server.server import limiter_from_config
 
-    call_limiter(config)
+    limiter_from_config(config)
 
 
 def unclassified() -> list[str]:

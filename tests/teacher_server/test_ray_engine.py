@@ -2,6 +2,8 @@
 
 One Ray per use: the command's own (first test, started and stopped by `jitnet
 teacher --engine ray`), then one module fixture with two replicas for the rest.
+Settings the Ray engine cannot honour are refused before any Ray starts, so
+those tests need none.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
+import cv2
 import grpc
 import numpy as np
 import pytest
@@ -25,16 +29,21 @@ import pytest
 pytest.importorskip("ray.serve", reason="the fleet extra (ray[serve]) is not installed")
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
 
 from core.labels import RETRY_AFTER_KEY  # noqa: E402
 from edge_agent.teacher_client import TeacherClient, TeacherRejected  # noqa: E402
 from protos import teacher_pb2, teacher_pb2_grpc  # noqa: E402
-from teacher_server.ray_engine import FleetOptions, start_fleet  # noqa: E402
-from teacher_server.server import start_server  # noqa: E402
+from teacher_server.ray_engine import FleetOptions, build_app, start_fleet  # noqa: E402
+from teacher_server.ray_settings import CHECKED, HONOURED, unclassified  # noqa: E402
+from teacher_server.server import ServerConfig, start_server  # noqa: E402
 from teacher_helpers import REPO_ROOT, davis_jpeg, davis_rgb, yolo_backend  # noqa: E402
 
 CAMERAS = 8
-TOKENS = {f"cam{c}": f"token-of-camera-{c}" for c in range(CAMERAS)} | {"agent": "token-of-the-agent"}
+TOKENS = {f"cam{c}": f"token-of-camera-{c}" for c in range(CAMERAS)} | {
+    name: f"token-of-the-{name}" for name in ("agent", "idler", "flooder", "honest")}
+#: The module fleet's limits: per camera 3 calls, 2 streams; 16 MiB of decoded frames in all.
+CALLS_PER_CAMERA, STREAMS_PER_CAMERA, FRAME_BYTES = 3, 2, 16 * 1024 * 1024
 # Each camera sends its own real frames: (sequence, group) and two frame indices.
 SCENES = [("dog", "dog"), ("car-shadow", "auto"), ("breakdance", "person"), ("horsejump-high", "person")]
 
@@ -108,8 +117,10 @@ def test_jitnet_teacher_engine_ray_serves_with_tokens_health_and_metrics_and_lea
     port, metrics_port = _free_port(), _free_port()
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live below it
     env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    health_port = _free_port()
     cmd = [sys.executable, "-m", "cli.main", "teacher", "--engine", "ray", "--replicas", "1", "--port", str(port),
-           "--http-port", str(_free_port()), "--metrics-port", str(metrics_port), "--tokens", str(tokens), "--max-batch", "2"]
+           "--http-port", str(_free_port()), "--metrics-port", str(metrics_port), "--tokens", str(tokens), "--max-batch", "2",
+           "--health-port", str(health_port)]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     ready = threading.Event()
@@ -135,9 +146,10 @@ def test_jitnet_teacher_engine_ray_serves_with_tokens_health_and_metrics_and_lea
             with pytest.raises(TeacherRejected) as refused:
                 stranger.label(frame, ["person"], frame_index=8)
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="jitnet.teacher.v1.Teacher"), timeout=30)
-        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        for target in (f"127.0.0.1:{port}", f"127.0.0.1:{health_port}"):  # the proxy's, and --health-port's
+            with grpc.insecure_channel(target) as channel:
+                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="jitnet.teacher.v1.Teacher"), timeout=30)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING, target
 
         def exported() -> str:  # Ray's metrics agent exports ours beside its own, every few seconds
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
@@ -170,7 +182,8 @@ def fleet():
         "yolov5s-seg",
         fleet=FleetOptions(replicas=2, threads_per_replica=1, http_port=_free_port()),
         port=_free_port(), max_batch=4, max_delay_ms=20, max_queue_per_camera=2, tokens=TOKENS,
-        max_message_bytes=1024 * 1024,
+        max_message_bytes=1024 * 1024, max_calls_per_camera=CALLS_PER_CAMERA, max_streams_per_camera=STREAMS_PER_CAMERA,
+        max_frame_bytes=FRAME_BYTES, health_port=0,
     )
     try:
         yield handle
@@ -226,28 +239,96 @@ def test_label_stream_answers_every_frame_in_order_with_a_bad_frame_as_an_error(
     assert all(not a.HasField("error") and a.label_map_png for a in (answers[0], answers[2]))
 
 
-def test_a_camera_over_its_share_gets_resource_exhausted_with_retry_after_and_a_large_frame_is_refused(fleet) -> None:
+def _outcome(call):
+    """A call's frame_index, or (status code, retry-after-ms hint, details) when it was refused."""
+    try:
+        return call.result().frame_index
+    except grpc.RpcError as error:
+        return error.code(), dict(error.trailing_metadata() or ()).get(RETRY_AFTER_KEY), error.details()
+
+
+def _held_stream(stub, requests: list, release: threading.Event, metadata):
+    """A LabelStream that sends `requests`, then stays open (sending nothing) until `release` is set."""
+
+    def feed():
+        yield from requests
+        release.wait(300)
+
+    return stub.LabelStream(feed(), timeout=300, metadata=metadata)
+
+
+def test_a_camera_over_its_call_or_stream_share_is_refused_with_retry_after_and_frames_over_the_limits_are_refused(fleet) -> None:
+    # Each part is another camera's: a camera refused once is on probation until its hint expires.
+    def auth(camera: str) -> tuple:
+        return (("authorization", f"Bearer {TOKENS[camera]}"),)
+
     request = _camera_requests(2)[0]
-    metadata = (("authorization", f"Bearer {TOKENS['cam2']}"),)
+    stream_request = _request("cam3", 30, davis_jpeg("dog", 30), "dog")
+    release = threading.Event()
     with grpc.insecure_channel(fleet.target) as channel:
         stub = teacher_pb2_grpc.TeacherStub(channel)
-        calls = [stub.Label.future(request, timeout=120, metadata=metadata) for _ in range(5)]
-        outcomes = []
-        for call in calls:
-            try:
-                outcomes.append(call.result().frame_index)
-            except grpc.RpcError as error:
-                outcomes.append((error.code(), dict(error.trailing_metadata() or ()).get(RETRY_AFTER_KEY)))
+        calls = [stub.Label.future(request, timeout=120, metadata=auth("cam2")) for _ in range(2 * CALLS_PER_CAMERA)]
+        outcomes = [_outcome(c) for c in calls]
+        # Streams: the camera's share is STREAMS_PER_CAMERA open at once, the next one is refused.
+        streams = [_held_stream(stub, [stream_request], release, auth("cam3")) for _ in range(STREAMS_PER_CAMERA)]
+        try:
+            assert [next(s).frame_index for s in streams] == [30] * STREAMS_PER_CAMERA
+            with pytest.raises(grpc.RpcError) as one_stream_too_many:
+                next(_held_stream(stub, [stream_request], release, auth("cam3")))
+        finally:
+            release.set()
+            for s in streams:
+                s.cancel()
+        # A frame whose decoded pixels are more than all the frame memory (26 MB > 16 MiB), a message over 1 MiB.
+        ok, huge = cv2.imencode(".jpg", np.zeros((2160, 4096, 3), np.uint8))
+        assert ok and huge.nbytes < 1024 * 1024
+        with pytest.raises(grpc.RpcError) as over_frame_memory:
+            stub.Label(teacher_pb2.LabelRequest(camera_id="cam4", frame_index=8, groups=["dog"], encoded=huge.tobytes()),
+                       timeout=60, metadata=auth("cam4"))
         rgb = davis_rgb("dog", 0)  # 1.2 MB raw: over the fleet's 1 MiB limit
-        big = teacher_pb2.LabelRequest(camera_id="cam2", frame_index=9, groups=["dog"],
+        big = teacher_pb2.LabelRequest(camera_id="cam4", frame_index=9, groups=["dog"],
                                        raw=teacher_pb2.RawImage(data=rgb.tobytes(), height=480, width=854, channels=3))
         with pytest.raises(grpc.RpcError) as too_large:
-            stub.Label(big, timeout=60, metadata=metadata)
+            stub.Label(big, timeout=60, metadata=auth("cam4"))
     answered = [o for o in outcomes if o == request.frame_index]
     refused = [o for o in outcomes if o != request.frame_index]
-    assert 1 <= len(answered) <= 2 and refused  # the camera's share is 2 frames in flight
-    assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and int(ms) >= 1 for code, ms in refused)
+    assert CALLS_PER_CAMERA <= len(answered) < len(outcomes) and refused, outcomes
+    assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and int(ms) >= 1 for code, ms, _ in refused), refused
+    # Through Serve's proxy a refused stream's hint travels in its message (see ray_status.py).
+    assert one_stream_too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert re.search(r"retry after \d+ ms", one_stream_too_many.value.details()), one_stream_too_many.value.details()
+    assert over_frame_memory.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "MiB" in over_frame_memory.value.details()
     assert too_large.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_deadline_stated_in_metadata_reaches_the_admission(fleet) -> None:
+    from teacher_server.ray_deployments import DEADLINE_KEY
+
+    request = _request("cam5", 50, davis_jpeg("dog", 50), "dog")
+    with grpc.insecure_channel(fleet.target) as channel:
+        stub = teacher_pb2_grpc.TeacherStub(channel)
+
+        def call(deadline_ms: str):
+            metadata = (("authorization", f"Bearer {TOKENS['cam5']}"), (DEADLINE_KEY, deadline_ms))
+            return _outcome(stub.Label.future(request, timeout=120, metadata=metadata))
+
+        assert call("60000") == 50  # in time: answered (and measured, if nothing was before)
+        too_soon = call("5")  # 5 ms cannot hold a frame the fleet just took far longer for
+        malformed = call("soon")
+    assert too_soon[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "deadline" in too_soon[2], too_soon
+    assert malformed[0] == grpc.StatusCode.INVALID_ARGUMENT and DEADLINE_KEY in malformed[2], malformed
+
+
+def test_health_on_its_own_port_and_no_reflection_with_tokens(fleet) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{fleet.health_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="jitnet.teacher.v1.Teacher"), timeout=30)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(fleet.target) as channel:  # reflection=None: off with tokens, as on the native server
+        listing = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30)
+        with pytest.raises(grpc.RpcError) as no_reflection:
+            list(listing)
+    assert no_reflection.value.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND)
 
 
 def test_a_replica_killed_mid_load_loses_no_camera_request_and_the_agent_keeps_segmenting(fleet, artifacts) -> None:
@@ -339,3 +420,133 @@ def test_a_serve_config_files_args_become_the_same_configuration_as_the_command_
         fleet_from_args({"replica": 2})
     with pytest.raises(ValueError, match="min-replicas"):
         FleetOptions(min_replicas=2)
+
+
+# -- every setting honoured or refused at start -------------------------------------------------
+def test_every_server_setting_is_either_honoured_by_the_ray_engine_or_checked_at_start() -> None:
+    assert unclassified() == [], "classify new ServerConfig fields in teacher_server/ray_settings.py"
+    assert not set(HONOURED) & set(CHECKED)
+    assert set(HONOURED) | set(CHECKED) == {f.name for f in fields(ServerConfig)}
+
+
+REFUSED_AT_START = [
+    ({"tls_cert": "cert.pem", "tls_key": "key.pem"}, {}, "tls_cert"),
+    ({"port": 0}, {}, "port=0"),
+    ({"host": "127.0.0.1"}, {}, "host='127.0.0.1'"),
+    ({"metrics_token": "a-metrics-secret"}, {}, "metrics_token"),
+    ({"metrics_tls": True}, {}, "metrics_tls"),
+    ({"metrics_port": 9464, "metrics_host": "10.1.2.3"}, {}, "metrics_host"),
+    ({"metrics_port": 9464}, {"address": "auto"}, "metrics_port"),
+    ({"policy": "lottery"}, {}, "policy"),
+    ({"max_calls": 300}, {}, "max_calls"),
+]
+
+
+@pytest.mark.parametrize("overrides,options,named", REFUSED_AT_START, ids=[c[2] for c in REFUSED_AT_START])
+def test_a_setting_the_ray_engine_cannot_honour_is_refused_before_ray_starts_with_one_line_naming_it(overrides, options, named) -> None:
+    with pytest.raises(ValueError) as refused:  # before any Ray: "auto" would need a running cluster
+        start_fleet("yolov5s-seg", fleet=FleetOptions(**options), **{"port": 50999, **overrides})
+    message = str(refused.value)
+    assert named in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("args,named", [({"health_port": 0}, "health_port"), ({"metrics_port": 9464}, "metrics_port")])
+def test_a_serve_config_file_with_a_setting_only_the_command_can_serve_is_refused_naming_it(args, named) -> None:
+    with pytest.raises(ValueError) as refused:
+        build_app({"port": 50051, **args})
+    assert named in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_command_refuses_an_unsupported_setting_with_one_line_and_exit_code_2(tmp_path) -> None:
+    secret = tmp_path / "metrics-token"
+    secret.write_text("a-metrics-secret\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "teacher", "--engine", "ray", "--port", str(_free_port()),
+         "--metrics-token-file", str(secret)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "cannot honour" in line]
+    assert len(errors) == 1 and "metrics_token" in errors[0] and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_second_fleet_whose_proxy_options_differ_from_the_running_serve_is_refused_naming_them(fleet) -> None:
+    from ray import serve
+
+    with pytest.raises(ValueError) as refused:
+        start_fleet("yolov5s-seg", fleet=FleetOptions(http_port=_free_port(), app_name="another-teacher"),
+                    port=_free_port(), tokens=TOKENS)
+    assert "port=" in str(refused.value) and "\n" not in str(refused.value)
+    assert "another-teacher" not in serve.status().applications
+
+
+# -- one camera cannot take the fleet from the others -------------------------------------------
+@pytest.mark.slow
+def test_three_hundred_idle_streams_of_one_camera_leave_another_camera_answered_ten_of_ten(fleet) -> None:
+    metadata = (("authorization", f"Bearer {TOKENS['idler']}"),)
+    release = threading.Event()
+    ended: list = []
+    channels = [grpc.insecure_channel(fleet.target) for _ in range(4)]
+    calls = []
+    try:
+        for i in range(300):
+            call = _held_stream(teacher_pb2_grpc.TeacherStub(channels[i % len(channels)]), [], release, metadata)
+            call.add_done_callback(lambda c: ended.append(c.code()))
+            calls.append(call)
+        # All but the camera's stream share are refused at once (or closed for sending nothing).
+        _until(lambda: len(ended) >= 300 - STREAMS_PER_CAMERA, 180, "the idle streams over the camera's share ending")
+        assert set(ended) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}, set(ended)
+        honest = (("authorization", f"Bearer {TOKENS['honest']}"),)
+        stub = teacher_pb2_grpc.TeacherStub(channels[0])
+        answers = [stub.Label(_request("honest", k, davis_jpeg("dog", 2 * k), "dog"), timeout=60, metadata=honest)
+                   for k in range(10)]
+    finally:
+        release.set()
+        for call in calls:
+            call.cancel()
+        for channel in channels:
+            channel.close()
+    assert [a.frame_index for a in answers] == list(range(10)) and all(a.label_map_png for a in answers)
+
+
+@pytest.mark.slow
+def test_a_camera_flooding_calls_and_ignoring_hints_leaves_an_honest_camera_answered_in_time(fleet) -> None:
+    flood = _request("flooder", 0, davis_jpeg("car-shadow", 0), "auto")
+    flood_md = (("authorization", f"Bearer {TOKENS['flooder']}"),)
+    honest_md = (("authorization", f"Bearer {TOKENS['honest']}"),)
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def flooder() -> None:
+        with grpc.insecure_channel(fleet.target) as channel:
+            stub = teacher_pb2_grpc.TeacherStub(channel)
+            while not stop.is_set():  # retry-after hints ignored: the next call goes at once
+                try:
+                    stub.Label(flood, timeout=10, metadata=flood_md)
+                    outcomes.append("OK")
+                except grpc.RpcError as error:
+                    outcomes.append(error.code().name)
+
+    threads = [threading.Thread(target=flooder, daemon=True) for _ in range(16)]
+    for t in threads:
+        t.start()
+    answered = 0
+    try:
+        _until(lambda: "RESOURCE_EXHAUSTED" in outcomes, 120, "the flood being refused")
+        with grpc.insecure_channel(fleet.target) as channel:
+            stub = teacher_pb2_grpc.TeacherStub(channel)
+            start = time.monotonic()
+            for k in range(10):  # 1 frame/s, each with a 5 s deadline
+                stop.wait(max(0.0, start + k - time.monotonic()))
+                try:
+                    answer = stub.Label(_request("honest", 100 + k, davis_jpeg("breakdance", 2 * k), "person"),
+                                        timeout=5, metadata=honest_md)
+                    answered += answer.frame_index == 100 + k
+                except grpc.RpcError:
+                    pass
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert answered >= 9, (answered, {code: outcomes.count(code) for code in set(outcomes)})
+    assert outcomes.count("RESOURCE_EXHAUSTED") > outcomes.count("OK")
