@@ -44,6 +44,14 @@ from core.metrics import class_ious
 RESIDUAL_LEVELS = 30.0
 #: A step with more than this fraction of its pixels over the residual is a cut or a flow failure.
 CUT_FRACTION = 0.5
+#: Below this mean IoU between the student and the carried answer on the pixels where the answer is
+#: still consistent, the student is not trusted on this frame at all: the carried answer is the output
+#: everywhere (the stride controller hears of the disagreement too).
+TRUST_AGREEMENT = 0.5
+#: Where the carried answer failed, the student may bring in a class the carried answer lacks only when
+#: it predicts at least this share of the frame as that class: a new object, not a stray blob (a stray
+#: blob of a class nobody else sees costs a whole class's IoU in the frame's mean).
+NEW_CLASS_MIN_FRACTION = 0.002
 #: Flow is computed at most at this size (longest side, pixels): beyond it DIS costs more than it gains.
 MAX_FLOW_SIDE = 512
 
@@ -185,13 +193,41 @@ class FlowCarrier:
             return prediction, Observation(None, 0.0, None)
         carried, valid = self._to_grid(self._labels, cv2.INTER_NEAREST), self._to_grid(
             self._valid.view(np.uint8), cv2.INTER_NEAREST).view(bool)
-        out = np.where(valid, carried, prediction)
         agreement = None
         if age > 0 and valid.any():
             ious = class_ious(prediction[valid], carried[valid], self.num_classes)[1:]
             present = ious[~np.isnan(ious)]
             agreement = float(present.mean()) if present.size else None
-        return out, Observation(age, float(valid.mean()), agreement)
+        if agreement is not None and agreement < TRUST_AGREEMENT:
+            # The student disagrees with the answer where that answer is still good: it is not
+            # to be trusted where the answer failed either (flow's edge replication is the better guess).
+            return carried.copy(), Observation(age, 1.0, agreement)
+        k = self.num_classes
+        in_carried = np.bincount(carried.ravel(), minlength=k)[:k] > 0
+        student_px = np.bincount(prediction.ravel(), minlength=k)[:k]
+        stray = ~in_carried & (student_px < NEW_CLASS_MIN_FRACTION * prediction.size)
+        stray[0] = False
+        keep_carried = valid | stray[prediction] if stray.any() else valid
+        out = np.where(keep_carried, carried, prediction)
+        return out, Observation(age, float(keep_carried.mean()), agreement)
+
+    def lesson(self, weight: float, boundary_px: int = 2) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """The carried answer as a training target: (labels, pixel weights) on the unpadded grid, or None.
+
+        Pixels where the chain failed weigh 0, and so do pixels within
+        ``boundary_px`` of a label boundary, where a carried answer errs most
+        (the label relaxation of video label-propagation work); the rest weigh
+        ``weight`` (below the teacher's 1, since the carried answer is older).
+        """
+        if self._labels is None:
+            return None
+        labels = self._to_grid(self._labels, cv2.INTER_NEAREST)
+        valid = self._to_grid(self._valid.view(np.uint8), cv2.INTER_NEAREST).astype(bool)
+        if boundary_px > 0:
+            k = np.ones((2 * boundary_px + 1, 2 * boundary_px + 1), np.uint8)
+            edge = cv2.dilate(labels, k) != cv2.erode(labels, k)
+            valid &= ~edge
+        return labels, valid.astype(np.float32) * float(weight)
 
     # -- internals ----------------------------------------------------------------
     def _flow_size(self, gray: np.ndarray) -> np.ndarray:
