@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--oracle-epochs", type=int, default=5, help="passes over the oracle's frames")
     s.add_argument("--first-frame-updates", type=int, default=32, help="updates on frame 0 for No adaptation")
     s.add_argument("--fixed-stride", type=int, help="fixed-stride baseline stride (default: mean stride at 0.8)")
-    s.add_argument("--cache", type=Path, help="label cache folder (default: ~/.cache/jitnet-edge/labels or $JITNET_CACHE)")
+    s.add_argument("--cache", type=Path,
+                   help="label cache folder (default: $JITNET_CACHE/labels; ~/.cache/jitnet-edge/labels when unset)")
     s.add_argument("--time-teacher", type=int, default=0, metavar="N",
                    help="when every label is cached, time the teacher on N frames in this run (default: use the "
                         "times recorded in the cache)")
