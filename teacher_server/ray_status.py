@@ -3,9 +3,9 @@
 A stream ends with the status its method set on Serve's gRPC context only when
 a message carries that context; a stream refused before its first answer has
 none, and would end OK. Raising is the one way through: Serve turns an exception
-into the status set on the context (`StreamEnded`; its proxy logs it with a
-traceback), and a BackPressureError into RESOURCE_EXHAUSTED with its message
-(no log in the proxy). `StreamRefused` is the latter, with our message: the way
+into the status set on the context (`StreamEnded`; Serve's proxy, a process
+of Ray's, logs each with a traceback), and a BackPressureError into
+RESOURCE_EXHAUSTED with its message (no log in the proxy). `StreamRefused` is the latter, with our message: the way
 refusals of the call and stream limits travel, so a flood of refused streams
 costs no traceback each. Serve's replica logs every exception of a method with
 its traceback too; `QuietStreamEnds`, installed in the ingress, drops those
@@ -44,4 +44,10 @@ class QuietStreamEnds(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, (StreamRefused, StreamEnded))
+        for _ in range(4):  # Serve wraps what the method raised (gRPCStatusError.original_exception, __cause__)
+            if exc is None:
+                return True
+            if isinstance(exc, (StreamRefused, StreamEnded)):
+                return False
+            exc = getattr(exc, "original_exception", None) or exc.__cause__
+        return True
