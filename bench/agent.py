@@ -4,7 +4,8 @@
 (b) the agent at thresholds 0.7 / 0.8 / 0.9, each from the same initial
 student, asking the same teacher (in process, so the cost counted is the
 teacher's compute, not the network).  Costs are this machine's measured
-milliseconds: teacher ms per frame, student inference, train steps.
+milliseconds: teacher ms per frame, and the agent's own time (inference,
+train steps, flow and fusion) from its counters (edge_agent.counters).
 
 Bandwidth per camera: each teacher frame's LabelRequest (the frame as the
 agent holds it, shrunk to ``--teacher-max-side``, JPEG ``--jpeg-quality``:
@@ -47,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         return _run_student_only(args)
     import numpy as np
 
-    from edge_agent.agent import DistillationAgent
     from core.config import DistillConfig
+    from edge_agent.agent import DistillationAgent
+    from edge_agent.counters import FUSION_KEYS
     from edge_agent.trainer import load_trainer
     from sdk.clips import find_clip, first_available
     from evaluation.baselines import Scorer
@@ -92,21 +94,24 @@ def run(args: argparse.Namespace) -> int:
         teacher = CachedTeacher(labels, groups, labeler.model_name, labeler.model_version,
                                 score_threshold=labeler.score_threshold)
         agent = DistillationAgent(trainer, wire.metering(teacher), DistillConfig(accuracy_threshold=threshold))
-        scorer, student_ms, bytes_up, bytes_down = Scorer(groups), 0.0, 0, 0
+        scorer = Scorer(groups)
         start = time.perf_counter()
         for i, f in enumerate(frames):
             r = agent.process(i, f)
-            bytes_up, bytes_down = bytes_up + r.bytes_up, bytes_down + r.bytes_down
-            student_ms += r.timings["frame_ms"] - r.timings["teacher_ms"]
             scorer.add(r.labels, labels[i].label_map)  # the paper's rule, as in `jitnet eval stream`
         wall = time.perf_counter() - start
-        compute = student_ms + teacher.calls * t_ms
+        c = agent.counters
+        # The agent's own time (inference, train steps, flow and fusion) is its frames' time without the
+        # in-process teacher's; the teacher is charged at its median per call, as in the teacher row.
+        student_ms = c.time_ms_total["frame_ms"] - c.time_ms_total["teacher_ms"]
+        compute = student_ms + c.teacher_frames * t_ms
         rows.append({
             "method": "jitnet online distillation", "threshold": threshold, "frames": n,
-            "fps": round(n / (wall + teacher.calls * t_ms / 1e3), 2), "compute_ms": round(compute, 1),
-            "teacher_percent": round(100.0 * teacher.calls / n, 2), "updates": agent.counters.updates,
+            "fps": round(n / (wall + c.teacher_frames * t_ms / 1e3), 2), "compute_ms": round(compute, 1),
+            "teacher_percent": round(100.0 * c.teacher_frames / n, 2), "updates": c.updates,
             "mean_iou": round(scorer.mean_iou, 4), "speedup": round(teacher_total_ms / compute, 2),
-            "teacher_frame_indices": list(teacher.asked), **_bandwidth(bytes_up, bytes_down, n, video_s),
+            "flow_fusion_ms_total": round(sum(c.time_ms_total.get(k, 0.0) for k in FUSION_KEYS), 1),
+            "teacher_frame_indices": list(teacher.asked), **_bandwidth(c.bytes_up, c.bytes_down, n, video_s),
         })
         print(f"threshold {threshold}: teacher {rows[-1]['teacher_percent']}%, mean IoU {rows[-1]['mean_iou']:.3f}, "
               f"speedup {rows[-1]['speedup']}x, {rows[-1]['kbps_up']} kbps up / {rows[-1]['kbps_down']} down")

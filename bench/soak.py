@@ -8,6 +8,11 @@ frame latency p50/p99 (from the moment the frame left the source to the end of
 its processing, the wait in the live buffer included), frames delivered and
 dropped, teacher frames. The issue's targets: RSS grows by < 5% after the
 first 5 minutes, p99 latency within 2x p50.
+
+The counts in each row (frames, teacher frames, updates, bytes) are the
+differences of the agent's own counters (``edge_agent.counters``) between the
+row's ends; what is the soak's own is the latency per row (measured around the
+agent), the frame time percentiles per row, RSS and the stream's reads and drops.
 """
 from __future__ import annotations
 
@@ -75,43 +80,46 @@ def _percentile(values: list[float], q: float) -> Optional[float]:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-class _Row:
-    """What one interval saw."""
+#: The agent's counters a row reports as differences over its interval.
+COUNTED = ("frames", "teacher_frames", "updates", "bytes_up", "bytes_down")
 
-    def __init__(self, start_s: float, stats: Any) -> None:
+
+class _Row:
+    """What one interval saw: the agent's counters and the stream's stats at its start, its frames' latencies."""
+
+    def __init__(self, start_s: float, stats: Any, counted: dict[str, int]) -> None:
         self.start_s = start_s
         self.latency: list[float] = []
         self.frame_ms: list[float] = []
-        self.teacher_frames = self.updates = self.bytes_up = self.bytes_down = 0
+        self._counted0 = counted
         self._read0, self._dropped0 = stats.read, stats.dropped
 
     def add(self, r: Any) -> None:
         self.latency.append(r.timings["latency_ms"])
         self.frame_ms.append(r.timings["frame_ms"])
-        self.teacher_frames += int(r.teacher_labelled)
-        self.updates += r.updates
-        self.bytes_up += r.bytes_up
-        self.bytes_down += r.bytes_down
 
-    def close(self, end_s: float, stats: Any, stride: int) -> dict[str, Any]:
+    def close(self, end_s: float, stats: Any, counters: dict[str, Any]) -> dict[str, Any]:
         seconds = end_s - self.start_s
         p50, p99 = _percentile(self.latency, 50), _percentile(self.latency, 99)
+        n = {k: counters[k] - self._counted0[k] for k in COUNTED}
         return {
             "minute": round(end_s / 60.0, 3), "seconds": round(seconds, 2),
             "rss_mb": round(rss_mb(), 1),
-            "frames": len(self.latency), "frames_read": stats.read - self._read0,
+            "frames": n["frames"], "frames_read": stats.read - self._read0,
             "dropped": stats.dropped - self._dropped0,
-            "fps": round(len(self.latency) / seconds, 2) if seconds > 0 else None,
+            "fps": round(n["frames"] / seconds, 2) if seconds > 0 else None,
             "latency_ms_p50": p50, "latency_ms_p99": p99,
             "p99_over_p50": round(p99 / p50, 2) if p50 else None,
             "frame_ms_p50": _percentile(self.frame_ms, 50), "frame_ms_p99": _percentile(self.frame_ms, 99),
-            "teacher_frames": self.teacher_frames, "updates": self.updates,
-            "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "stride": stride,
+            "teacher_frames": n["teacher_frames"], "updates": n["updates"],
+            "bytes_up": n["bytes_up"], "bytes_down": n["bytes_down"], "stride": counters["stride"],
         }
 
 
-def soak(session: Any, clip: Path, *, seconds: float, interval_s: float, scale: float) -> tuple[list[dict], float]:
-    """Run the looped clip live through ``session`` for ``seconds``: one row per ``interval_s``, and the clip's fps."""
+def soak(session: Any, clip: Path, *, seconds: float, interval_s: float,
+         scale: float) -> tuple[list[dict], float, dict[str, Any]]:
+    """Run the looped clip live through ``session`` for ``seconds``: one row per ``interval_s``, the clip's fps,
+    and the agent's summary of the whole run (edge_agent.counters)."""
     from sdk.streams import open_stream
 
     with open_stream(str(clip), live=False) as probe:
@@ -120,21 +128,24 @@ def soak(session: Any, clip: Path, *, seconds: float, interval_s: float, scale: 
     rows: list[dict] = []
     start = time.monotonic()
     row: Optional[_Row] = None
+    counters = None
     try:
         for r in results:
             now = time.monotonic() - start
-            if row is None:
-                row = _Row(0.0, session.stream.stats)
+            if row is None:  # the first frame: this run's agent exists now, its counters start at zero
+                counters = session.agent.counters
+                row = _Row(0.0, session.stream.stats, dict.fromkeys(COUNTED, 0))
             row.add(r)
             if now - row.start_s >= interval_s or now >= seconds:
-                rows.append(row.close(now, session.stream.stats, r.stride))
+                counted = counters.snapshot()
+                rows.append(row.close(now, session.stream.stats, counted))
                 log.info("soak %.1f min: %s", now / 60.0, rows[-1])
-                row = _Row(now, session.stream.stats)
+                row = _Row(now, session.stream.stats, counted)
             if now >= seconds:
                 break
     finally:
         results.close()
-    return rows, fps
+    return rows, fps, counters.summary() if counters is not None else {}
 
 
 def summarize(rows: list[dict], warmup_s: float) -> dict[str, Any]:
@@ -197,13 +208,13 @@ def run(args: argparse.Namespace) -> int:
         options["artifacts"] = args.artifacts
     wall = time.time()
     with connect(args.teacher, threshold=args.threshold, **options) as session:
-        rows, fps = soak(session, clip, seconds=seconds, interval_s=args.interval_s, scale=args.scale)
+        rows, fps, agent = soak(session, clip, seconds=seconds, interval_s=args.interval_s, scale=args.scale)
         teacher = session.teacher_info
     summary = summarize(rows, args.warmup_minutes * 60.0)
     report = {"clip": str(clip), "clip_fps": fps, "teacher": args.teacher, "teacher_info": teacher,
               "classes": classes, "scale": args.scale, "threshold": args.threshold, "minutes": args.minutes,
               "interval_s": args.interval_s, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall)),
-              "cpu": cpu_model(), "platform": platform.platform(), "rows": rows, "summary": summary}
+              "cpu": cpu_model(), "platform": platform.platform(), "rows": rows, "summary": summary, "agent": agent}
     print(markdown(rows, summary))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,8 @@ class TeacherLabels:
     #: Client-side wall time for the whole call, retries included.
     latency_s: float = 0.0
     attempts: int = 1
-    #: Serialized sizes on the wire: the request that was answered (frame up) and the answer (labels down).
+    #: Serialized bytes the network carried for this call, every attempt included: requests (frame up)
+    #: and the answer (labels down); see edge_agent.teacher.
     bytes_up: int = 0
     bytes_down: int = 0
     #: The teacher is saturated: stretch the interval to the next teacher frame by this factor (1 = no change).

@@ -4,8 +4,8 @@ The agent adds each processed frame's ``FrameResult`` here once; the run
 summary (``sdk.runner``), the metrics endpoint (``sdk.agent_metrics``) and the
 benchmarks read these numbers instead of counting again, so they cannot
 disagree.  Memory stays constant however long the agent runs: sums and counts,
-medians over the last ``window`` frames, frame times over the last
-``rate_window_s`` seconds.  Reads from another thread (a metrics scrape) take
+medians over the last ``window`` frames, the frame rate over the last
+``rate_window_s`` seconds (at most ``window`` frames).  Reads from another thread (a metrics scrape) take
 :meth:`AgentCounters.snapshot`, a consistent copy.
 
 Definitions, once:
@@ -65,7 +65,8 @@ class AgentCounters:
         self._infer_ms: collections.deque[float] = collections.deque(maxlen=window)
         self._teacher_ms: collections.deque[float] = collections.deque(maxlen=window)
         self._fusion_ms: collections.deque[float] = collections.deque(maxlen=window)
-        self._recent: collections.deque[float] = collections.deque()
+        # Frame times for the frame rate: the last rate_window_s seconds, at most ``window`` frames.
+        self._recent: collections.deque[float] = collections.deque(maxlen=window)
 
     # -- written by the agent, once per frame ----------------------------------------------
     def add(self, result: Any) -> None:

@@ -22,6 +22,7 @@ def test_bench_agent_reports_the_teacher_row_and_one_row_per_threshold(tmp_path,
         assert 0.0 <= row["mean_iou"] <= 1.0
         assert row["updates"] >= 1
         assert row["compute_ms"] > 0 and row["speedup"] > 0
+        assert row["flow_fusion_ms_total"] > 0  # the default fuses the carried answer: its time is charged
 
 
 def _request_bytes(frames, indices, max_side=512, quality=90):

@@ -46,3 +46,7 @@ def test_soak_reports_rss_latency_and_drops_per_interval_of_one_live_run(tmp_pat
     assert s["rss_target_met"] == (s["rss_growth_percent"] < 5.0)
     assert s["p99_over_p50_worst_row"] >= 1.0 and isinstance(s["latency_target_met"], bool)
     assert s["frames"] == sum(r["frames"] for r in rows)
+    # The rows are differences of the agent's own counters: over the run they add up to its totals.
+    agent = report["agent"]
+    for key in ("frames", "teacher_frames", "updates", "bytes_up", "bytes_down"):
+        assert sum(r[key] for r in rows) == agent[key], key

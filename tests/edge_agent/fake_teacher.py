@@ -39,18 +39,26 @@ def bright_is_person(image_rgb: np.ndarray) -> np.ndarray:
 
 class FakeTeacher(teacher_pb2_grpc.TeacherServicer):
     def __init__(self, *, delay_s: float = 0.0, label_fn: Callable[[np.ndarray], np.ndarray] = bright_is_person,
-                 groups: Optional[tuple[str, ...]] = None, label_offset: int = 0) -> None:
+                 groups: Optional[tuple[str, ...]] = None, label_offset: int = 0, refuse_every: int = 0) -> None:
         self.delay_s = delay_s
         self.label_fn = label_fn
         self.groups = groups  # None: echo the request's groups in its order
         self.label_offset = label_offset  # > 0: label values beyond the groups (a broken teacher)
-        self.seen: list[Seen] = []
+        self.refuse_every = refuse_every  # > 0: every n-th call is refused RESOURCE_EXHAUSTED (busy: resend)
+        self.seen: list[Seen] = []  # every call, refused ones included (response_bytes 0)
         self._lock = threading.Lock()
 
     def Label(self, request, context):
         image = cv2.imdecode(np.frombuffer(request.encoded, np.uint8), cv2.IMREAD_COLOR)
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         seen = Seen(int(request.frame_index), rgb, request.ByteSize())
+        if self.refuse_every:
+            with self._lock:
+                self.seen.append(seen)
+                refuse = len(self.seen) % self.refuse_every == 0
+            if refuse:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy (a test teacher refusing every "
+                              f"{self.refuse_every}th call)")
         if self.delay_s:
             time.sleep(self.delay_s)  # the model's compute time, not synchronisation
         label = self.label_fn(rgb)
@@ -68,8 +76,9 @@ class FakeTeacher(teacher_pb2_grpc.TeacherServicer):
             label_map_png=png.tobytes(), groups=list(self.groups or request.groups), instances=instances,
             model_name="fake", model_version="1")
         seen.response_bytes = response.ByteSize()
-        with self._lock:
-            self.seen.append(seen)
+        if not self.refuse_every:
+            with self._lock:
+                self.seen.append(seen)
         return response
 
     def GetInfo(self, request, context):
