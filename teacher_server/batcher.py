@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from teacher_server.admission import DeadlineAdmission, ServiceTimes, TooLate, plan_batch
 from teacher_server.jobs import DeadlineExpired, Job, QueueFull, ShuttingDown
-from teacher_server.scheduling import FairQueue, make_queue
+from teacher_server.scheduling import FairQueue, camera_share, make_queue
 
 __all__ = ["BatcherStats", "DeadlineExpired", "DynamicBatcher", "FairQueue", "Job", "QueueFull", "ShuttingDown"]
 
@@ -81,7 +81,6 @@ class DynamicBatcher:
             raise ValueError(f"max_delay_s must be >= 0, got {max_delay_s}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
-        per_camera = max_queue_per_camera if max_queue_per_camera is not None else max(1, max_queue // 4)
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
@@ -89,7 +88,7 @@ class DynamicBatcher:
         self._on_batch = on_batch
         #: Who is served first when frames wait: fair (round-robin) or need (teacher_server.scheduling).
         self.policy = policy
-        self._queue = make_queue(policy, max_queue, min(per_camera, max_queue))
+        self._queue = make_queue(policy, max_queue, camera_share(max_queue, max_queue_per_camera))
         self._cond = threading.Condition()
         self._accepting = False
         self._stopping = False
@@ -157,7 +156,7 @@ class DynamicBatcher:
                 self._queue.check(camera_id)
             except QueueFull as exc:
                 self.stats.rejected += 1
-                raise QueueFull(str(exc), self._retry_after_locked()) from None
+                raise QueueFull(str(exc), self._retry_after_locked(), own=exc.own) from None
             return self._admit_locked(camera_id, deadline)
 
     def submit(self, camera_id: str, payload: Any, deadline: Optional[float] = None, need: Optional[Any] = None,
@@ -176,14 +175,15 @@ class DynamicBatcher:
                 evicted = self._queue.put(job)
             except QueueFull as exc:
                 self.stats.rejected += 1
-                raise QueueFull(str(exc), self._retry_after_locked()) from None
+                raise QueueFull(str(exc), self._retry_after_locked(), own=exc.own) from None
             self.stats.submitted += 1
             if evicted is not None:
                 self.stats.evicted += 1
             retry = self._retry_after_locked()
             self._cond.notify_all()
         if evicted is not None:
-            _fail(evicted, QueueFull(f"teacher queue is full; camera {evicted.camera_id!r} sends faster than its share", retry))
+            _fail(evicted, QueueFull(f"teacher queue is full; camera {evicted.camera_id!r} sends faster than its share", retry,
+                                     own=True))
         return job
 
     def cancel(self, job: Job) -> bool:

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="frames per model call at most (1 = no batching)")
     parser.add_argument("--max-delay-ms", type=float, default=10.0, help="how long a frame may wait for others to batch with")
     parser.add_argument("--max-queue", type=int, default=64, help="frames waiting at most; then RESOURCE_EXHAUSTED + retry-after")
-    parser.add_argument("--max-queue-per-camera", type=int, default=None, help="frames one camera may have waiting (default max-queue/4)")
+    parser.add_argument("--max-queue-per-camera", type=int, default=None, help="frames one camera may have waiting (default 4, at most max-queue/4)")
     parser.add_argument("--policy", default="fair", choices=("fair", "need"),
                         help="who is served first when frames wait: fair (round-robin) or need (the camera whose "
                              "student is furthest below its threshold; aging-bounded; stride-stretch hints when saturated)")

@@ -13,11 +13,16 @@ from typing import Any, Optional
 
 
 class QueueFull(Exception):
-    """Backpressure: try again after `retry_after_s` seconds."""
+    """Backpressure: try again after `retry_after_s` seconds.
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
+    `own` is True when the camera is over its own share of the queue (not when
+    the server is simply full): only then does its pacing hold it to the hint.
+    """
+
+    def __init__(self, message: str, retry_after_s: float, own: bool = False) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.own = own
 
 
 class ShuttingDown(Exception):

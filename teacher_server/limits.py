@@ -158,7 +158,8 @@ class CallLimiter:
             self._knock(camera_id, self._clock())
 
     def hint(self, camera_id: Optional[str], retry_after_s: float) -> float:
-        """A later stage (the queue, deadline admission) refused `camera_id`: the hint to send, grown if it ignores them."""
+        """A later stage (the queue) refused `camera_id` for being over its own share: the hint to send, grown if it
+        ignores them; its next call before the hint expires is refused at the door."""
         if camera_id is None:
             return retry_after_s
         with self._lock:
@@ -198,9 +199,10 @@ class CallLimiter:
             self._streams[camera_id] = self._streams.get(camera_id, 0) + 1
 
     def _refuse(self, kind: str, camera_id: Optional[str], now: float, message: str) -> LimitExceeded:
+        """Over a limit. Over its own share, the camera's pacing holds it to the hint; the server being full is advice."""
         self.refused[kind] = self.refused.get(kind, 0) + 1
         hint = self.limits.retry_after_s
-        if camera_id is not None:
+        if camera_id is not None and kind.startswith("camera_"):
             hint = self._pacer.refused(camera_id, hint, now)
         return LimitExceeded(message, hint, kind=kind)
 
@@ -268,6 +270,11 @@ class CallLimiter:
         """Refusals being held back right now."""
         with self._lock:
             return self._pacer.held
+
+    def refusals(self) -> dict[str, int]:
+        """A copy of `refused` (refusals since start, by kind), safe to read while calls come in."""
+        with self._lock:
+            return dict(self.refused)
 
     def camera_calls(self, camera_id: str) -> int:
         with self._lock:

@@ -6,7 +6,7 @@ import logging
 import ssl
 import threading
 from socketserver import ThreadingMixIn
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -41,6 +41,21 @@ class TeacherMetrics:
         self.queue_depth = Gauge("jitnet_teacher_queue_depth", "Frames waiting for a batch", registry=self.registry)
         self.queue_depth.set_function(queue_depth)
         self._http = None
+
+    def count_refusals(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """Expose `source()` (refusals since start, by kind: early, rate, camera_calls, ...) as
+        jitnet_teacher_refusals_total{kind}: a camera that ignores its hints shows up as `early`."""
+        from prometheus_client.core import CounterMetricFamily
+
+        class _Refusals:
+            def collect(self) -> Iterable[Any]:
+                family = CounterMetricFamily("jitnet_teacher_refusals", "Calls refused before any work, by limit",
+                                             labels=["kind"])
+                for kind, count in sorted(dict(source()).items()):
+                    family.add_metric([kind], count)
+                yield family
+
+        self.registry.register(_Refusals())
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -5,9 +5,13 @@ server's `retry-after-ms` hint costs one refusal per hint; one that resends at
 once (a bug, or a flood) would otherwise make the server spend on refusals what
 it should spend on frames. So the hint is a promise the server keeps track of:
 
-- a call that arrives before the camera's last hint has expired is refused at
-  the door (before decoding, before any limit is counted) and the hint doubles,
-  up to `max_hint_s`; each such call is a strike;
+- a hint given because the camera was over its own share (its calls, its
+  streams, its queued frames, its bucket) is binding: a call that arrives
+  before it expired is refused at the door (before decoding, before any limit
+  is counted) and the hint doubles, up to `max_hint_s`; each such call is a
+  strike. (A hint given because the whole server is busy, or because a frame's
+  deadline cannot be met, is advice: an agent's next frame may come sooner
+  with its own deadline, and is judged on its own.);
 - a camera with strikes is on probation: the limiter lets it hold one call at a
   time; every call that comes on time takes one strike off;
 - from the `hold_after`-th strike on, the refusal itself is held back for a

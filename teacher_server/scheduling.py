@@ -79,7 +79,8 @@ class FairQueue:
         """Raise QueueFull (no hint yet) if a new job of `camera_id` could not get in now."""
         own = self.depth(camera_id)
         if own >= self.max_per_camera:
-            raise QueueFull(f"camera {camera_id!r} already has {own} frames queued (limit {self.max_per_camera})", 0.0)
+            raise QueueFull(f"camera {camera_id!r} already has {own} frames queued (limit {self.max_per_camera})", 0.0,
+                            own=True)
         if self._total >= self.max_total:
             busiest = max(self._queues, key=lambda c: len(self._queues[c]))
             if len(self._queues[busiest]) <= own + 1:
@@ -280,6 +281,18 @@ class NeedQueue(FairQueue):
 
     def remembered(self) -> int:
         return len(self._last_put)
+
+
+#: Frames one camera may have waiting unless told otherwise: a camera asks one frame at a time; a few more
+#: cover a stream or a retry, and more only let one camera's backlog take turns from the others.
+DEFAULT_CAMERA_SHARE = 4
+
+
+def camera_share(max_queue: int, max_queue_per_camera: Optional[int] = None) -> int:
+    """Frames one camera may have waiting: the setting, else DEFAULT_CAMERA_SHARE (at most a quarter of the queue)."""
+    if max_queue_per_camera is not None:
+        return max(1, min(max_queue_per_camera, max_queue))
+    return max(1, min(DEFAULT_CAMERA_SHARE, max_queue // 4))
 
 
 def make_queue(policy: str, max_total: int, max_per_camera: int, **options: Any) -> FairQueue:

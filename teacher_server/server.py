@@ -47,7 +47,7 @@ class ServerConfig:
     max_delay_ms: float = 10.0
     #: Frames waiting in total; beyond it requests get RESOURCE_EXHAUSTED + retry-after.
     max_queue: int = 64
-    #: Frames one camera may have waiting (default max_queue // 4).
+    #: Frames one camera may have waiting (default scheduling.camera_share: 4, at most max_queue // 4).
     max_queue_per_camera: Optional[int] = None
     #: Largest request or response accepted (a 4K raw RGB frame is ~25 MB).
     max_message_bytes: int = 32 * 1024 * 1024
@@ -218,6 +218,7 @@ def start_server(
     metrics_holder["m"] = metrics
     auth = TokenAuth(config.tokens) if config.tokens else None
     limiter = limiter_from_config(config)
+    metrics.count_refusals(limiter.refusals)
     servicer = TeacherServicer(
         batcher,
         model_name=labeler.model_name,

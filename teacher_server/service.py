@@ -27,6 +27,7 @@ from teacher_server.jobs import DeadlineExpired, Job, QueueFull, ShuttingDown
 from teacher_server.limits import CallLimiter, LimitExceeded, Ticket
 from teacher_server.metrics import TeacherMetrics
 from teacher_server.scheduling import need_from_request
+from teacher_server.stream import serve_stream
 from teacher_server.wire import (GARBAGE, UNAUTHENTICATED, Failure, LabelPayload, UndecodableRequest, add_to_server,
                                  check_fields, decode_frame, frame_size, label_response, parse_options, retry_after_ms)
 
@@ -104,8 +105,6 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
     # -- bidirectional stream ----------------------------------------------------------------
     def LabelStream(self, request_iterator: Iterator[teacher_pb2.LabelRequest], context: grpc.ServicerContext) -> Iterator[teacher_pb2.LabelResponse]:
         """One response per request, in request order; a bad frame gets an `error` response (stream.py)."""
-        from teacher_server.stream import serve_stream
-
         return serve_stream(self, request_iterator, context)
 
     # -- info ------------------------------------------------------------------------------
@@ -225,7 +224,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
             try:
                 limiter.acquire_bytes(nbytes)
             except LimitExceeded as exc:
-                raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), limiter.hint(camera, exc.retry_after_s)) from None
+                raise Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.retry_after_s) from None
         try:
             frame, decode_s = decode_frame(request, self.max_pixels)
             try:
@@ -268,9 +267,11 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServicer):
             raise Failure(grpc.StatusCode.INTERNAL, f"the teacher failed on this frame: {type(exc).__name__}: {exc}") from None
 
     def _queue_failure(self, camera: str, exc: Any) -> Failure:
-        """The queue or deadline admission said no: RESOURCE_EXHAUSTED with the hint (grown for a camera that ignores hints)."""
+        """The queue or deadline admission said no: RESOURCE_EXHAUSTED with the hint. When the camera is over its
+        own share, its pacing holds it to the hint (grown if it ignores them); a full server or a deadline that
+        cannot be met is only advice (an agent's next frame may come sooner, with its own deadline)."""
         hint = exc.retry_after_s
-        if self.limiter is not None:
+        if self.limiter is not None and getattr(exc, "own", False):
             hint = self.limiter.hint(camera, hint)
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry later", hint)
 

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import grpc
 
@@ -23,15 +23,13 @@ from protos import teacher_pb2
 from teacher_server.jobs import Job
 from teacher_server.wire import GARBAGE, UNAUTHENTICATED, Failure, UndecodableRequest, check_fields, error_response, label_response
 
-if TYPE_CHECKING:
-    from teacher_server.service import TeacherServicer
-
 log = logging.getLogger(__name__)
 
 
-def serve_stream(servicer: "TeacherServicer", request_iterator: Iterator[teacher_pb2.LabelRequest],
+def serve_stream(servicer: Any, request_iterator: Iterator[teacher_pb2.LabelRequest],
                  context: grpc.ServicerContext) -> Iterator[teacher_pb2.LabelResponse]:
-    """The LabelStream handler's generator (see the module docstring)."""
+    """The LabelStream handler's generator (see the module docstring); `servicer` is the TeacherServicer
+    whose checks (stream_caller, open_call, bind, knock, submit, wait, abort, hold_back) each frame passes."""
     try:
         camera = servicer.stream_caller(context)
         ticket = servicer.open_call(camera, stream=True)

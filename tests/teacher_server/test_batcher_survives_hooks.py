@@ -7,7 +7,8 @@ def _raising_hook(size: int, seconds: float) -> None:
 
 
 def test_a_raising_metrics_hook_still_answers_every_request():
-    batcher = DynamicBatcher(lambda payloads: [p * 2 for p in payloads], max_batch=1, on_batch=_raising_hook).start()
+    batcher = DynamicBatcher(lambda payloads: [p * 2 for p in payloads], max_batch=1, max_queue_per_camera=8,
+                             on_batch=_raising_hook).start()
     try:
         jobs = [batcher.submit("cam0", i) for i in range(5)]
         assert [job.future.result(timeout=10) for job in jobs] == [0, 2, 4, 6, 8]
