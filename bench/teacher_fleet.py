@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.teacher import _davis_root, load_frames, measure, summarize
 from bench.machine import cpu_model
+from bench.teacher_load import davis_root, load_frames, measure, summarize
 
 
 def _configs(engines: list[str], replicas: list[int]) -> list[tuple[str, int]]:
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     camera_counts = [int(x) for x in str(args.cameras).split(",") if x.strip()]
     threads = args.threads_per_replica = args.threads_per_replica or 1
     torch.set_num_threads(threads)  # the native server's model: the same threads as one replica
-    frames = load_frames(_davis_root(args.davis_root), args.frames)
+    frames = load_frames(davis_root(args.davis_root), args.frames)
     args.backend_object = load_backend(args.backend, weights=args.weights, device=args.device)
     args.fleet_port, args.fleet_http_port = free_port(), free_port()
     configs = _configs(engines, replica_counts)
