@@ -374,9 +374,10 @@ def _application(backend: str, config: ServerConfig, fleet: FleetOptions, *, wei
     model_options = model_deployment_options(config, fleet)
     ingress_settings = IngressSettings(
         config=replace(config, tokens=dict(config.tokens) if config.tokens else None),
-        # One batch per replica at a time: the rest waits in the ingress's policy queue, which
-        # (not Serve's FIFO) then decides whose frame goes next.
-        slots=config.max_batch * fleet.most_replicas,
+        # Two batches per replica (the one computing, the next one filling, as max_ongoing_requests
+        # says): the rest waits in the ingress's policy queue, which (not Serve's FIFO) decides whose
+        # frame goes next. Fewer slots split batches: frames freed one by one reach a replica one by one.
+        slots=model_options["max_ongoing_requests"] * fleet.most_replicas,
         replicas=fleet.replicas if not fleet.autoscaling else max(1, fleet.min_replicas or 0),
         request_timeout_s=fleet.request_timeout_s,
     )
