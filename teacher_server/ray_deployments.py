@@ -32,6 +32,7 @@ from protos import teacher_pb2
 from teacher_server.auth import TokenAuth
 from teacher_server.metrics import _BATCH_BUCKETS, _LATENCY_BUCKETS
 from teacher_server.ray_queue import FleetQueue
+from teacher_server.scheduling import camera_share
 from teacher_server.server import ServerConfig, limiter_from_config
 from teacher_server.service import LabelPayload, TeacherServicer
 
@@ -301,7 +302,7 @@ class TeacherIngress:
         self._metrics = RayMetrics()
         self._queue = FleetQueue(
             model, max_batch=config.max_batch, max_queue=config.max_queue,
-            max_per_camera=config.max_queue_per_camera or max(1, config.max_queue // 4), policy=config.policy,
+            max_per_camera=camera_share(config.max_queue, config.max_queue_per_camera), policy=config.policy,
             deadline_admission=config.deadline_admission, slots=settings.slots, replicas=settings.replicas,
             max_delay_s=config.max_delay_ms / 1000.0, metrics=self._metrics, stats=stats,
         )

@@ -27,13 +27,15 @@ from teacher_server.batcher import BatcherStats
 from teacher_server.ray_deployments import (FleetStats, IngressSettings, ModelSettings, TeacherIngress, TeacherModel,
                                             ingress_slots)
 from teacher_server.ray_health import FleetHealth
-from teacher_server.ray_settings import check_running_serve, check_settings, loopback_node
+from teacher_server.ray_settings import APP_NAME, FleetOptions, check_running_serve, check_settings, loopback_node
 from teacher_server.server import ServerConfig
 
 log = logging.getLogger(__name__)
 
-#: The Serve application name; clients send it as `application` metadata when several apps share a proxy.
-APP_NAME = "jitnet-teacher"
+#: FleetOptions and APP_NAME live in ray_settings (what the engine is configured with); importable from here too.
+__all__ = ["APP_NAME", "FleetHandle", "FleetOptions", "build_app", "fleet_from_args", "free_port", "local_ray",
+           "model_deployment_options", "start_fleet"]
+
 #: What Serve's gRPC proxy serves: our contract, and the standard health service (its Check).
 SERVICER_FUNCTIONS = (
     "protos.teacher_pb2_grpc.add_TeacherServicer_to_server",
@@ -41,48 +43,6 @@ SERVICER_FUNCTIONS = (
 )
 MODEL_DEPLOYMENT = "TeacherModel"
 INGRESS_DEPLOYMENT = "TeacherIngress"
-
-
-@dataclass(frozen=True)
-class FleetOptions:
-    """How many model replicas, with what, where (the native ServerConfig says everything else)."""
-
-    #: Fixed replica count; ignored when min_replicas/max_replicas ask for autoscaling.
-    replicas: int = 1
-    min_replicas: Optional[int] = None
-    max_replicas: Optional[int] = None
-    gpus_per_replica: float = 0.0
-    #: torch threads per replica, and the CPUs Ray reserves for it.
-    threads_per_replica: int = 1
-    #: None: start a Ray on this machine (stopped on exit); "auto" or "ray://host:10001": join that cluster.
-    address: Optional[str] = None
-    #: Serve always starts its HTTP proxy beside the gRPC one; this is its port.
-    http_port: int = 8000
-    app_name: str = APP_NAME
-    #: Serve's end-to-end limit per request (its proxy does not see the client's deadline).
-    request_timeout_s: Optional[float] = None
-    ingress_replicas: int = 1
-    #: How long a stopping replica may finish what it has.
-    grace_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1 or self.threads_per_replica < 1 or self.ingress_replicas < 1:
-            raise ValueError("replicas, threads per replica and ingress replicas must be >= 1")
-        if self.gpus_per_replica < 0:
-            raise ValueError(f"gpus per replica must be >= 0, got {self.gpus_per_replica}")
-        low, high = self.min_replicas, self.max_replicas
-        if (low is None) != (high is None):
-            raise ValueError("autoscaling needs both --min-replicas and --max-replicas")
-        if low is not None and not 0 <= low <= high or high == 0:
-            raise ValueError(f"need 0 <= min replicas <= max replicas, max >= 1; got {low}, {high}")
-
-    @property
-    def autoscaling(self) -> bool:
-        return self.max_replicas is not None
-
-    @property
-    def most_replicas(self) -> int:
-        return self.max_replicas if self.max_replicas is not None else self.replicas
 
 
 def model_deployment_options(config: ServerConfig, fleet: FleetOptions) -> dict[str, Any]:

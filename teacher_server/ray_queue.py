@@ -64,7 +64,7 @@ class FleetQueue:
         self.max_batch, self.max_queue, self.max_per_camera = max_batch, max_queue, max_per_camera
         self.policy, self.deadline_admission = policy, deadline_admission
         self.slots, self.replicas, self.max_delay_s = slots, replicas, max_delay_s
-        self._queue = make_queue(policy, max_queue, min(max_per_camera, max_queue))
+        self._queue = make_queue(policy, max_queue, max(1, min(max_per_camera, max_queue)))
         self._lock = threading.Lock()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sent = 0  # frames at the replicas now
@@ -90,7 +90,7 @@ class FleetQueue:
             try:
                 self._queue.check(camera_id)
             except QueueFull as exc:
-                raise QueueFull(str(exc), self._retry_after_locked()) from None
+                raise QueueFull(str(exc), self._retry_after_locked(), own=exc.own) from None
             return self._admit_locked(camera_id, deadline)
 
     def submit(self, camera_id: str, payload: Any, deadline: Optional[float] = None, need: Optional[Any] = None,
@@ -106,13 +106,14 @@ class FleetQueue:
             try:
                 evicted = self._queue.put(job)
             except QueueFull as exc:
-                raise QueueFull(str(exc), self._retry_after_locked()) from None
+                raise QueueFull(str(exc), self._retry_after_locked(), own=exc.own) from None
             if evicted is not None:
                 self.evicted += 1
             retry = self._retry_after_locked()
         self._gauge()
         if evicted is not None:
-            _fail(evicted, QueueFull(f"teacher queue is full; camera {evicted.camera_id!r} sends faster than its share", retry))
+            _fail(evicted, QueueFull(f"teacher queue is full; camera {evicted.camera_id!r} sends faster than its share",
+                                     retry, own=True))
         loop.call_soon_threadsafe(self._pump)
         return job
 

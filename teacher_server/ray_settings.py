@@ -1,4 +1,4 @@
-"""Which ServerConfig settings `--engine ray` honours, and a one-line refusal for each one it cannot.
+"""What `--engine ray` is configured with: FleetOptions, and which ServerConfig settings it honours.
 
 Every field of ServerConfig is in exactly one of two places here: `HONOURED`
 (what the Ray engine does with it, and whether that holds per ingress replica or
@@ -10,12 +10,57 @@ docs/fleet.md's guarantee table is the prose of this module.
 """
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
-    from teacher_server.ray_engine import FleetOptions
     from teacher_server.server import ServerConfig
+
+#: The Serve application name; clients send it as `application` metadata when several apps share a proxy.
+APP_NAME = "jitnet-teacher"
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """How many model replicas, with what, where (the native ServerConfig says everything else)."""
+
+    #: Fixed replica count; ignored when min_replicas/max_replicas ask for autoscaling.
+    replicas: int = 1
+    min_replicas: Optional[int] = None
+    max_replicas: Optional[int] = None
+    gpus_per_replica: float = 0.0
+    #: torch threads per replica, and the CPUs Ray reserves for it.
+    threads_per_replica: int = 1
+    #: None: start a Ray on this machine (stopped on exit); "auto" or "ray://host:10001": join that cluster.
+    address: Optional[str] = None
+    #: Serve always starts its HTTP proxy beside the gRPC one; this is its port.
+    http_port: int = 8000
+    app_name: str = APP_NAME
+    #: Serve's end-to-end limit per request (its proxy does not see the client's deadline).
+    request_timeout_s: Optional[float] = None
+    ingress_replicas: int = 1
+    #: How long a stopping replica may finish what it has.
+    grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1 or self.threads_per_replica < 1 or self.ingress_replicas < 1:
+            raise ValueError("replicas, threads per replica and ingress replicas must be >= 1")
+        if self.gpus_per_replica < 0:
+            raise ValueError(f"gpus per replica must be >= 0, got {self.gpus_per_replica}")
+        low, high = self.min_replicas, self.max_replicas
+        if (low is None) != (high is None):
+            raise ValueError("autoscaling needs both --min-replicas and --max-replicas")
+        if low is not None and not 0 <= low <= high or high == 0:
+            raise ValueError(f"need 0 <= min replicas <= max replicas, max >= 1; got {low}, {high}")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas is not None
+
+    @property
+    def most_replicas(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
 
 #: Hosts Serve's gRPC proxy can honour: it always listens on [::]:port, every interface.
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
@@ -62,7 +107,7 @@ def _refuse(setting: str, why: str) -> ValueError:
     return ValueError(f"--engine ray cannot honour {setting}: {why}")
 
 
-def check_settings(config: "ServerConfig", fleet: "FleetOptions", *, config_file: bool = False) -> None:
+def check_settings(config: "ServerConfig", fleet: FleetOptions, *, config_file: bool = False) -> None:
     """Raise ValueError (one line, naming the setting) for a setting the Ray engine cannot honour.
 
     `config_file`: the application is built by Serve from a config file (build_app), so no
@@ -120,7 +165,7 @@ def loopback_node(config: "ServerConfig") -> bool:
     return not (config.metrics_port is not None and config.metrics_host in WILDCARD_HOSTS)
 
 
-def check_running_serve(config: "ServerConfig", fleet: "FleetOptions", grpc_options: Any, http_options: Any,
+def check_running_serve(config: "ServerConfig", fleet: FleetOptions, grpc_options: Any, http_options: Any,
                         servicer_functions: tuple[str, ...], reflection: bool) -> None:
     """Serve was already running: its proxies keep their options, so ours must equal them (else refuse)."""
     mismatches = []
