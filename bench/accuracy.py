@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CLIPS = ("vtest:300", "bikes", "cup", "davis", "long")
 DAVIS_DEV = ("blackswan", "breakdance", "car-shadow", "dog", "horsejump-high", "kite-surf")
-#: The long stream: the whole static street camera first, then the hand-held and moving clips.
-LONG_PARTS = "vtest,bikes,cup,davis"
+#: The long stream (1,501 frames): 70 s of the static street camera first, then the hand-held and moving clips.
+LONG_PARTS = "vtest:700,bikes,cup,davis"
 #: Every frame of the long stream is letterboxed to this size (width, height) at scale 0.5.
 LONG_SIZE = (384, 256)
 STARTS = ("random", "shipped")

@@ -165,6 +165,8 @@ class DistillationAgent:
             self.health.state = "off"
         self._geometry: Optional[Geometry] = None
         #: The last teacher answer carried by optical flow (fusion=flow), else None.
+        #: (frame index, the output it would have had without its teacher answer), while that answer is awaited.
+        self._asked_output: Optional[tuple[int, np.ndarray]] = None
         self.carrier: Optional[FlowCarrier] = (
             FlowCarrier(len(self.class_names), max_age=config.fusion_max_age) if config.fusion == "flow" else None)
         self._pending: Optional[tuple[int, Future]] = None
@@ -249,6 +251,12 @@ class DistillationAgent:
 
     def _ask_teacher(self, index: int, frame: np.ndarray, image: np.ndarray, result: FrameResult, timings: dict) -> None:
         threshold, need = self.config.score_threshold, self.need(index)
+        if self.carrier is not None:
+            # What this frame's output would be without the answer: the output's own unseen accuracy,
+            # which the ``change`` stride signal judges (the same forward _accept needs, computed once).
+            sh, sw = self._geometry.scaled_hw
+            prediction = self._predict(index, image, timings if self.live else None)
+            self._asked_output = (index, self.carrier.fuse(index, prediction[:sh, :sw])[0])
         if self.live:
             try:
                 future = self.teacher.submit(frame, self.groups, frame_index=index, score_threshold=threshold, need=need)
@@ -331,7 +339,12 @@ class DistillationAgent:
         h, w = targets.valid
         if self.carrier is not None:  # a late answer is replayed through the flow steps since its frame
             self.carrier.set_answer(index, targets.labels[:h, :w])
-        self.controller.observe(index, teacher_empty=not bool(targets.labels[:h, :w].any()))
+        output_accuracy = None
+        if self._asked_output is not None and self._asked_output[0] == index:
+            output_accuracy = mean_iou(self._asked_output[1], targets.labels[:h, :w], len(self.class_names))
+        self._asked_output = None
+        self.controller.observe(index, teacher_empty=not bool(targets.labels[:h, :w].any()),
+                                output_accuracy=output_accuracy)
         accuracy = self._accuracy(self._predict(index, targets.image, None), targets.labels, targets.valid)
         self._lesson = _Lesson(index, targets, accuracy, accuracy, stretch=float(getattr(labels, "stride_stretch", 1.0) or 1.0))
         self._last_unseen = accuracy

@@ -188,7 +188,7 @@ class _TeacherSchedule:
         return self._next_due
 
     def observe(self, t: int, *, agreement: Optional[float] = None, cut: bool = False,
-                teacher_empty: Optional[bool] = None) -> None:
+                teacher_empty: Optional[bool] = None, output_accuracy: Optional[float] = None) -> None:
         """What frame ``t`` showed between teacher frames; only the ``change`` signal listens."""
 
     def defer(self, until: int) -> int:
@@ -245,9 +245,12 @@ class AdaptiveStride(_TeacherSchedule):
     the honest one: a student fits the frame it has just trained on almost
     always, whether or not it keeps up with the frames in between.
 
-    ``change`` keeps Algorithm 1's doubling and halving as the envelope but
-    watches the frames in between (fed by :meth:`observe` from the flow
-    carrier): a scene cut makes the very frame due; the student disagreeing
+    ``change`` is Algorithm 1 on the product's output: with fusion the output
+    is the carried answer and the student together, so success is that
+    output's accuracy on the new teacher frame *before* the answer replaced
+    it (how well the oldest carried answer held up), not the student's after
+    training.  It also watches the frames in between (fed by :meth:`observe`
+    from the flow carrier): a scene cut makes the very frame due; the student disagreeing
     with the carried teacher answer (mean IoU below ``CHANGE_AGREEMENT`` on
     ``CHANGE_FRAMES`` frames in a row: a new object, or a student that lost
     track) makes the next frame due once ``min_stride`` frames have passed
@@ -266,6 +269,7 @@ class AdaptiveStride(_TeacherSchedule):
         self._unseen: deque[float] = deque(maxlen=config.stride_window)
         self._changed = 0
         self._teacher_empty = False
+        self._output_accuracy: Optional[float] = None
         #: Teacher frames brought forward by a cut / by disagreement (``change`` signal).
         self.cut_triggers = 0
         self.change_triggers = 0
@@ -276,13 +280,16 @@ class AdaptiveStride(_TeacherSchedule):
             self._unseen.clear()
             self._changed = 0
             self._teacher_empty = False
+            self._output_accuracy = None
 
     def observe(self, t: int, *, agreement: Optional[float] = None, cut: bool = False,
-                teacher_empty: Optional[bool] = None) -> None:
+                teacher_empty: Optional[bool] = None, output_accuracy: Optional[float] = None) -> None:
         if self.config.stride_signal != "change":
             return
         if teacher_empty is not None:  # said on teacher frames, before finish()
             self._teacher_empty = bool(teacher_empty)
+        if output_accuracy is not None:
+            self._output_accuracy = self._check_accuracy(output_accuracy)
         if cut:
             self._changed = 0
             if self._pending is None and t < self._next_due:
@@ -307,6 +314,9 @@ class AdaptiveStride(_TeacherSchedule):
         return max(stride // 2, self.config.min_stride)
 
     def _success(self, accuracy: float, accuracy_before: Optional[float]) -> bool:
+        if self.config.stride_signal == "change" and self._output_accuracy is not None:
+            judged, self._output_accuracy = self._output_accuracy, None
+            return judged >= self.config.accuracy_threshold
         if self.config.stride_signal in ("paper", "change"):
             return accuracy >= self.config.accuracy_threshold
         if accuracy_before is None:

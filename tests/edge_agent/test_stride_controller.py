@@ -219,3 +219,35 @@ def test_fixed_stride_rejects_bad_strides(stride):
 def test_controller_requires_a_distill_config():
     with pytest.raises(TypeError, match="DistillConfig"):
         AdaptiveStride({"min_stride": 8})
+
+
+def test_change_signal_judges_the_fused_output_before_the_answer_not_the_student_after_training():
+    from core.config import DistillConfig as Config
+    from edge_agent.stride import AdaptiveStride as Stride
+
+    c = Stride(Config(stride_signal="change", accuracy_threshold=0.9))
+    c.observe(0, teacher_empty=False, output_accuracy=0.95)
+    assert c.finish(0, 0.5, 8, accuracy_before=0.5) == 16  # the output held: doubles though the student failed
+    c.observe(16, teacher_empty=False, output_accuracy=0.6)
+    assert c.finish(16, 0.99, 1, accuracy_before=0.9) == 8  # the output did not: halves though the student fits
+    c.observe(24, teacher_empty=True, output_accuracy=1.0)
+    assert c.finish(24, 1.0, 0, accuracy_before=1.0) == 8  # nothing there and nothing seen: no proof either way
+
+
+def test_change_signal_brings_the_teacher_forward_on_disagreement_and_at_a_cut():
+    from core.config import DistillConfig as Config
+    from edge_agent.stride import AdaptiveStride as Stride
+
+    c = Stride(Config(stride_signal="change", min_stride=8, max_stride=64))
+    c.observe(0, teacher_empty=False, output_accuracy=0.99)
+    c.finish(0, 0.99, 0, accuracy_before=0.99)
+    assert c.next_due == 16
+    for t in range(1, 6):
+        c.observe(t, agreement=0.2)  # disagreeing, but within min_stride of the last teacher frame
+    assert c.next_due == 16
+    c.observe(7, agreement=0.1)
+    assert c.next_due == 8 and c.change_triggers == 1
+    c.finish(8, 0.95, 0, accuracy_before=0.95)
+    due = c.next_due
+    c.observe(9, cut=True)
+    assert c.next_due == 9 and c.cut_triggers == 1 and due > 9
