@@ -69,7 +69,8 @@ def test_every_method_runs_on_the_same_frames_with_numbers_in_range(first_run):
     _, _, report, _ = first_run
     names = [r["method"] for r in report["runs"]]
     stride = report["fixed_stride"]
-    assert names == ["JITNet 0.8", "Flow (slow)", "Flow (fast)", "Offline oracle", "No adaptation", f"Fixed stride {stride}"]
+    assert names == ["JITNet 0.8", "JITNet 0.8 unfused", "Flow (slow)", "Flow (fast)", "Offline oracle", "No adaptation",
+                     f"Fixed stride {stride}"]
     for r in report["runs"]:
         assert r["frames"] == N_FRAMES and len(r["per_frame_iou"]) == N_FRAMES, r["method"]
         assert 0.0 <= r["mean_iou"] <= 1.0, r["method"]
