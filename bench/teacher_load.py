@@ -45,6 +45,12 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+#: A closed-loop camera waits for its answer however long the queue (what the server can do, not what it
+#: admits): without a deadline the client's adaptive one lets deadline admission refuse frames of a full
+#: queue, and the server idles while the cameras wait out their hints.
+CLOSED_LOOP_DEADLINE_S = 120.0
+
+
 def closed_loop_process(url: str, frames: list[tuple[bytes, str]], cameras: int, seconds: float, conn: Any) -> None:
     """Runs in its own process (real cameras are not threads of the server): closed-loop load."""
     from edge_agent.teacher_client import TeacherClient, TeacherError
@@ -58,7 +64,10 @@ def closed_loop_process(url: str, frames: list[tuple[bytes, str]], cameras: int,
 
     def warm(c: int) -> None:  # connections, and the model at the batch sizes this load makes
         for k in range(2):
-            clients[c].send(requests[c][k % len(frames)])
+            try:
+                clients[c].send(requests[c][k % len(frames)], deadline_s=CLOSED_LOOP_DEADLINE_S)
+            except TeacherError:
+                pass
 
     warmers = [threading.Thread(target=warm, args=(c,)) for c in range(cameras)]
     for t in warmers:
@@ -77,7 +86,7 @@ def closed_loop_process(url: str, frames: list[tuple[bytes, str]], cameras: int,
             req = requests[c][i % len(frames)]
             i += 1
             try:
-                labels = clients[c].send(req)
+                labels = clients[c].send(req, deadline_s=CLOSED_LOOP_DEADLINE_S)
             except TeacherError:
                 errors[c] += 1
                 continue

@@ -1,7 +1,8 @@
 """`jitnet bench teacher --overload X` and `--flood N`: the teacher when more arrives than it can do.
 
 `--overload X` measures goodput, the answers delivered within their deadline
-per second. On ONE server it measures capacity (closed loop), then offers X
+per second. On ONE server it measures capacity (the best closed-loop rate of
+two cameras and of many), then offers X
 times that rate open loop (frames sent on schedule whether or not earlier ones
 were answered, as cameras do) with `--deadline-s` deadlines, `--overload-runs`
 times back to back, each reported on its own: what the server learnt under one
@@ -74,12 +75,17 @@ def run_overload(args: argparse.Namespace, backend: Any, frames: list) -> dict[s
     rows = []
     handle = start_server(backend, **limits)
     try:
-        closed = measure(handle.url, frames, min(cameras, 16), args.capacity_seconds, handle)
-        capacity = sum(len(lat) for lat in closed["latencies"]) / closed["elapsed"]
+        # Capacity: the best closed-loop rate of two cameras (the model always busy, small batches) or many (full
+        # batches); on a CPU under other load, large batches can be slower per frame than small ones.
+        closed = {}
+        for count in sorted({2, min(cameras, 16)}):
+            run = measure(handle.url, frames, count, args.capacity_seconds, handle)
+            closed[count] = sum(len(lat) for lat in run["latencies"]) / run["elapsed"]
+        capacity = max(closed.values())
         rate = args.overload * capacity
-        print(f"capacity {capacity:.2f} frames/s (closed loop, {min(cameras, 16)} cameras); offering {rate:.2f}/s "
-              f"over {cameras} cameras with {args.deadline_s:g} s deadlines, {args.overload_runs} runs on this server",
-              flush=True)
+        measured = ", ".join(f"{fps:.2f}/s with {count} camera{'s' if count > 1 else ''}" for count, fps in closed.items())
+        print(f"capacity {capacity:.2f} frames/s (closed loop: {measured}); offering {rate:.2f}/s over {cameras} cameras "
+              f"with {args.deadline_s:g} s deadlines, {args.overload_runs} runs on this server", flush=True)
         for run in range(1, args.overload_runs + 1):
             rows.append({"admission": "deadline", "run": run,
                          **_overload_run(handle, frames, cameras, rate, args.seconds, args.deadline_s, capacity)})
@@ -94,8 +100,8 @@ def run_overload(args: argparse.Namespace, backend: Any, frames: list) -> dict[s
             _print_goodput(rows[-1])
         finally:
             handle.stop(grace=30)
-    return {"capacity_fps": capacity, "overload": args.overload, "offered_fps": rate, "deadline_s": args.deadline_s,
-            "cameras": cameras, "rows": rows}
+    return {"capacity_fps": capacity, "capacity_closed_loop_fps": {str(k): v for k, v in closed.items()},
+            "overload": args.overload, "offered_fps": rate, "deadline_s": args.deadline_s, "cameras": cameras, "rows": rows}
 
 
 def _print_goodput(row: dict[str, Any]) -> None:
