@@ -54,9 +54,6 @@ class DistillConfig:
     fusion_max_age: int = _knob(
         64, "with fusion=flow: a teacher answer is carried at most this many frames (and late answers are "
         "replayed through at most this many flow steps)")
-    carried_lesson_weight: float = _knob(
-        0.0, "with fusion=flow: once per teacher interval, min_stride/2 frames after the teacher frame, one SGD "
-        "step on the carried answer (consistent pixels away from label boundaries) at this pixel weight; 0 = off")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.accuracy_threshold <= 1.0:
@@ -81,8 +78,6 @@ class DistillConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.fusion_max_age < 1:
             raise ValueError(f"fusion_max_age must be >= 1, got {self.fusion_max_age}")
-        if self.carried_lesson_weight < 0:
-            raise ValueError(f"carried_lesson_weight must be >= 0, got {self.carried_lesson_weight}")
         if self.stride_signal == "change" and self.fusion == "none":
             raise ValueError("stride_signal='change' watches the carried teacher answer: it needs fusion='flow'")
         if self.stride_window < 1:

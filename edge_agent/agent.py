@@ -209,7 +209,6 @@ class DistillationAgent:
             if self._lesson is not None:
                 self._learn(result, timings, one_step=False)
             result.labels = self._output(index, geo, self._predict(index, image, timings), result, timings)
-        self._learn_carried(geo, image, result, timings)
         result.stride = self.controller.stride
         if self.teacher is not None:
             result.teacher_state = "waiting" if self._pending and self.health.state == "ok" else self.health.state
@@ -354,29 +353,6 @@ class DistillationAgent:
         result.accuracy_before = accuracy
 
     # -- learning --------------------------------------------------------------
-    def _learn_carried(self, geo: Geometry, image: np.ndarray, result: FrameResult, timings: dict) -> None:
-        """One step on the carried answer, once per teacher interval (``carried_lesson_weight`` > 0).
-
-        Between teacher frames the carried answer is nearly as good as the
-        teacher's for a few frames: a cheap extra lesson on a frame the
-        teacher never saw.  Counted as an update, so its cost is charged.
-        """
-        weight = self.config.carried_lesson_weight
-        if (weight <= 0 or self.carrier is None or self._lesson is not None
-                or result.carried_age != max(1, self.config.min_stride // 2)):
-            return
-        lesson = self.carrier.lesson(weight)
-        if lesson is None or not lesson[1].any():
-            return
-        (sh, sw), (ph, pw) = geo.scaled_hw, geo.padded_hw
-        target = np.zeros((ph, pw), np.uint8)
-        weights = np.zeros((ph, pw), np.float32)
-        target[:sh, :sw], weights[:sh, :sw] = lesson
-        start = time.perf_counter()
-        self.trainer.step(self.trainer.prepare(image, target, weights))
-        result.updates += 1
-        timings["train_ms"] += (time.perf_counter() - start) * 1e3
-
     def _learn(self, result: FrameResult, timings: dict, *, one_step: bool) -> None:
         lesson, t = self._lesson, self._lesson.targets
         start = time.perf_counter()

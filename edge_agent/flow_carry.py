@@ -211,24 +211,6 @@ class FlowCarrier:
         out = np.where(keep_carried, carried, prediction)
         return out, Observation(age, float(keep_carried.mean()), agreement)
 
-    def lesson(self, weight: float, boundary_px: int = 2) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        """The carried answer as a training target: (labels, pixel weights) on the unpadded grid, or None.
-
-        Pixels where the chain failed weigh 0, and so do pixels within
-        ``boundary_px`` of a label boundary, where a carried answer errs most
-        (the label relaxation of video label-propagation work); the rest weigh
-        ``weight`` (below the teacher's 1, since the carried answer is older).
-        """
-        if self._labels is None:
-            return None
-        labels = self._to_grid(self._labels, cv2.INTER_NEAREST)
-        valid = self._to_grid(self._valid.view(np.uint8), cv2.INTER_NEAREST).astype(bool)
-        if boundary_px > 0:
-            k = np.ones((2 * boundary_px + 1, 2 * boundary_px + 1), np.uint8)
-            edge = cv2.dilate(labels, k) != cv2.erode(labels, k)
-            valid &= ~edge
-        return labels, valid.astype(np.float32) * float(weight)
-
     # -- internals ----------------------------------------------------------------
     def _flow_size(self, gray: np.ndarray) -> np.ndarray:
         h, w = gray.shape

@@ -190,12 +190,3 @@ def test_live_a_late_answer_is_fused_on_the_pixels_of_the_frame_it_arrives_at(ar
     assert mean_iou(r.labels, labels, 2) >= 0.95
     assert agent.carrier.chain_length <= agent.config.fusion_max_age
 
-
-def test_a_carried_lesson_is_one_counted_step_half_a_min_stride_after_the_teacher_frame(artifacts, pan_clip):
-    config = DistillConfig(fusion="flow", max_updates=1, min_stride=8, carried_lesson_weight=0.5)
-    agent, out, _ = _run(artifacts, pan_clip, config)
-    off, out_off, _ = _run(artifacts, pan_clip, replace(config, carried_lesson_weight=0.0))
-    extra = [r.index for (r, _), (q, _) in zip(out, out_off) if r.updates != q.updates]
-    assert extra and extra[0] == 4 and out[4][0].updates == 1 and out_off[4][0].updates == 0
-    assert out[4][0].carried_age == 4 and not out[4][0].teacher_labelled
-    assert agent.counters.updates == sum(r.updates for r, _ in out)  # charged like any update
