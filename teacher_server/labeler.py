@@ -19,10 +19,6 @@ from teacher_server.backends.base import TeacherBackend
 from teacher_server.semantic import DEFAULT_SCORE_THRESHOLD, instances_to_label_map
 
 
-#: Kept only until teacher_server/ray_*.py import core.labels.TeacherLabels themselves (issue 19: one answer type).
-LabelResult = TeacherLabels
-
-
 def _spec(groups: Union[Sequence[str], GroupSpec]) -> GroupSpec:
     return groups if isinstance(groups, GroupSpec) else resolve_groups(list(groups))
 

@@ -13,8 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 
 log = logging.getLogger(__name__)
 
-_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
-_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+#: Histogram buckets of request and batch seconds, and of batch sizes (the Ray engine's metrics use the same).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+_LATENCY_BUCKETS, _BATCH_BUCKETS = LATENCY_BUCKETS, BATCH_BUCKETS  # until teacher_server/ray_deployments.py uses the public names
 
 
 class TeacherMetrics:
@@ -28,14 +30,14 @@ class TeacherMetrics:
         self.latency = Histogram(
             "jitnet_teacher_request_latency_seconds",
             "Server-side time per successful label request (decode to encode)",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "jitnet_teacher_batch_size", "Frames computed together", buckets=_BATCH_BUCKETS, registry=self.registry
+            "jitnet_teacher_batch_size", "Frames computed together", buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.batch_seconds = Histogram(
-            "jitnet_teacher_batch_seconds", "Model time per batch", buckets=_LATENCY_BUCKETS, registry=self.registry
+            "jitnet_teacher_batch_seconds", "Model time per batch", buckets=LATENCY_BUCKETS, registry=self.registry
         )
         self.frames = Counter("jitnet_teacher_frames_computed", "Frames the model computed", registry=self.registry)
         self.queue_depth = Gauge("jitnet_teacher_queue_depth", "Frames waiting for a batch", registry=self.registry)
