@@ -65,6 +65,9 @@ class FrameResult:
     #: and that answer's age in frames (None: nothing carried, the output is the student's).
     carried_fraction: float = 0.0
     carried_age: Optional[int] = None
+    #: On a teacher frame: mean IoU against its answer of the output this frame had without it (the
+    #: fused output with fusion=flow, else the student's): the product's own accuracy on unseen frames.
+    output_accuracy: Optional[float] = None
     #: The step into this frame looked like a scene cut (the carried answer was dropped).
     scene_cut: bool = False
     timings: dict[str, float] = field(default_factory=dict)
@@ -345,6 +348,7 @@ class DistillationAgent:
         self.controller.observe(index, teacher_empty=not bool(targets.labels[:h, :w].any()),
                                 output_accuracy=output_accuracy)
         accuracy = self._accuracy(self._predict(index, targets.image, None), targets.labels, targets.valid)
+        result.output_accuracy = output_accuracy if output_accuracy is not None else accuracy
         self._lesson = _Lesson(index, targets, accuracy, accuracy, stretch=float(getattr(labels, "stride_stretch", 1.0) or 1.0))
         self._last_unseen = accuracy
         result.teacher_labelled = True

@@ -15,9 +15,12 @@ Definitions, once:
   (see ``edge_agent.teacher``).
 - ``time_ms_total[key]``: the sum of ``FrameResult.timings[key]`` (infer_ms,
   train_ms, teacher_ms, frame_ms, and with fusion flow_ms and fusion_ms).
-- ``mean_iou_vs_teacher``: the student's mean IoU on each teacher frame before
-  training on it, the first teacher frame excluded (before it the student has
-  seen nothing of this camera); ``mean_iou_after_training`` after training.
+- ``mean_iou_vs_teacher``: the mean IoU of the agent's *output* (fused with the
+  carried answer when fusion is on) on each teacher frame before its answer was
+  known, the first teacher frame excluded (before it the agent has seen nothing
+  of this camera): the product's accuracy on frames it had not been told about;
+  ``student_iou_vs_teacher`` the student's alone on the same frames, before
+  training on them; ``mean_iou_after_training`` the student's after training.
 - The cost model: the agent's time, ``frames x (inference + flow + fusion)``
   per-frame medians, plus ``teacher_frames x`` the teacher's median, plus every
   train step, against ``frames x`` the teacher's median (the teacher on every frame).
@@ -54,6 +57,7 @@ class AgentCounters:
         self.first_index: Optional[int] = None
         self.last_index: Optional[int] = None
         self._before_sum, self._before_n = 0.0, 0
+        self._output_sum = 0.0
         self._after_sum, self._after_n = 0.0, 0
         # Gauges: what the last frame said.
         self.stride = 0
@@ -80,6 +84,8 @@ class AgentCounters:
             if result.teacher_labelled:
                 if self.teacher_frames and result.accuracy_before is not None:
                     self._before_sum += result.accuracy_before
+                    output = getattr(result, "output_accuracy", None)
+                    self._output_sum += output if output is not None else result.accuracy_before
                     self._before_n += 1
                 self.teacher_frames += 1
                 if t.get("teacher_ms", 0.0) > 0:
@@ -131,7 +137,7 @@ class AgentCounters:
                 "carried_fraction_sum": self.carried_fraction_sum,
                 "time_ms_total": dict(self.time_ms_total),
                 "first_index": self.first_index, "last_index": self.last_index,
-                "before_sum": self._before_sum, "before_n": self._before_n,
+                "before_sum": self._before_sum, "before_n": self._before_n, "output_sum": self._output_sum,
                 "after_sum": self._after_sum, "after_n": self._after_n,
                 "stride": self.stride, "teacher_state": self.teacher_state, "last_accuracy": self.last_accuracy,
                 "last_infer_ms": self.last_infer_ms, "last_train_ms": self.last_train_ms,
@@ -156,7 +162,8 @@ class AgentCounters:
             "teacher_percent": round(100.0 * tf / n, 2) if n else 0.0,
             "updates": s["updates"],
             "teacher_failures": s["teacher_failures"],
-            "mean_iou_vs_teacher": round(s["before_sum"] / s["before_n"], 4) if s["before_n"] else None,
+            "mean_iou_vs_teacher": round(s["output_sum"] / s["before_n"], 4) if s["before_n"] else None,
+            "student_iou_vs_teacher": round(s["before_sum"] / s["before_n"], 4) if s["before_n"] else None,
             "mean_iou_after_training": round(s["after_sum"] / s["after_n"], 4) if s["after_n"] else None,
             "teacher_ms_per_frame": round(t_ms, 1),
             "student_infer_ms": round(infer_ms, 1) if n else 0.0,

@@ -134,6 +134,8 @@ def test_fusion_flow_outputs_the_teacher_answer_on_teacher_frames_and_reports_it
         if r.teacher_labelled:
             assert np.array_equal(r.labels, labels[r.index])
             assert r.carried_age == 0
+            if r.index > 0:  # the output this frame had before its answer: the answer carried from the last one
+                assert r.output_accuracy >= 0.9 and r.output_accuracy > r.accuracy_before
         else:
             assert r.carried_age == r.index - max(i for i in teacher_frames if i <= r.index)
     # Between teacher frames the carried answer follows the pan better than a student

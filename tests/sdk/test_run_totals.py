@@ -29,7 +29,9 @@ def test_the_summary_of_a_real_run_equals_the_sums_over_its_logged_frames(artifa
     assert summary["teacher_frames"] == len(labelled)
     assert summary["updates"] == sum(r["updates"] for r in rows) > 0
     before = [r["accuracy_before"] for r in labelled[1:]]  # the first teacher frame is excluded
-    assert summary["mean_iou_vs_teacher"] == pytest.approx(np.mean(before), abs=1e-4)
+    assert summary["student_iou_vs_teacher"] == pytest.approx(np.mean(before), abs=1e-4)
+    output = [r["output_accuracy"] for r in labelled[1:]]  # the fused output before each answer: the headline
+    assert summary["mean_iou_vs_teacher"] == pytest.approx(np.mean(output), abs=1e-4)
     after = [r["accuracy_after"] for r in rows if r["accuracy_after"] is not None]
     assert summary["mean_iou_after_training"] == pytest.approx(np.mean(after), abs=1e-4)
     assert summary["bytes_up"] == sum(r["bytes_up"] for r in rows) == sum(s.request_bytes for s in teacher.teacher.seen)
