@@ -76,10 +76,9 @@ def test_300_idle_streams_on_one_cameras_token_leave_another_camera_answered_10_
                                                                                   metadata=_bearer("cam-a"))
                        for k in range(300)]
             wait_until(lambda: sum(c.done() for c in streams) >= 298, timeout=60)
-            refused = [c for c in streams if c.done()]
-            assert {c.code() for c in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
-            assert all(_hint_s(c) > 0 for c in refused)
-            assert handle._servicer.limiter.camera_calls("cam-a") == 2
+            refused = [c for c in streams if c.done() and c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
+            assert len(refused) == 298 and all(_hint_s(c) > 0 for c in refused)
+            assert handle._servicer.limiter.camera_calls("cam-a") <= 2  # (the two may already have timed out)
             with TeacherClient(handle.url, camera_id="cam-b", token=TOKENS["cam-b"], timeout_s=60) as client:
                 answered = [client.send(_request("cam-b", k, small_jpeg), deadline_s=30).frame_index for k in range(10)]
             assert answered == list(range(10))
