@@ -7,6 +7,11 @@ segmenting; when the labels arrive the student trains on the frame they belong
 to, one step per processed frame, so no frame waits for more than one step.
 The student never waits on the network in live mode, and a dead teacher never
 stops segmentation in either mode.
+
+Each frame's output is the student's prediction fused with the last teacher
+answer carried to the frame by optical flow (``edge_agent/flow_carry.py``;
+``DistillConfig.fusion``); a late live answer is replayed through the flow
+steps since its frame, so it lands on the right pixels.
 """
 from __future__ import annotations
 
