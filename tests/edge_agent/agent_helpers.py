@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import socket
-import time
 
 import numpy as np
 
@@ -21,17 +20,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class SlowBackend:
-    """A real teacher backend that takes ``delay_s`` longer per batch (a loaded, remote teacher)."""
-
-    def __init__(self, backend, delay_s: float):
-        self._backend, self.delay_s = backend, delay_s
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def predict(self, frames, score_threshold):
-        time.sleep(self.delay_s)
-        return self._backend.predict(frames, score_threshold)

@@ -17,9 +17,9 @@ from edge_agent.teacher_client import TeacherClient
 from edge_agent.trainer import load_trainer
 from teacher_server.labeler import Labeler
 from teacher_server.server import start_server
-from tests.edge_agent.agent_helpers import SlowBackend, clip_frames, free_port
+from tests.edge_agent.agent_helpers import clip_frames, free_port
 from tests.conftest import REPO_ROOT
-from tests.teacher_server.teacher_helpers import yolo_backend
+from tests.teacher_server.teacher_helpers import SlowBackend, yolo_backend
 
 
 def test_live_mode_keeps_segmenting_while_a_slow_teacher_works(artifacts):

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -15,6 +19,7 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+TOKENS = {"cam-a": "token-for-camera-a", "cam-b": "token-for-camera-b"}
 DAVIS_ROOT = Path(os.environ.get("JITNET_DAVIS_ROOT", REPO_ROOT.parent / "shared" / "data" / "davis2016"))
 
 
@@ -51,3 +56,67 @@ def davis_mask(sequence: str, index: int) -> np.ndarray:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def small_jpeg(step: int = 4) -> bytes:
+    """DAVIS dog frame 10 at 1/step of its size, as a camera's JPEG: cheap for the teacher, still a real frame."""
+    frame = np.ascontiguousarray(davis_rgb("dog", 10)[::step, ::step])
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    assert ok
+    return buf.tobytes()
+
+
+def label_request(camera: str, index: int, jpeg: bytes, groups=("dog",)):
+    from protos import teacher_pb2
+
+    return teacher_pb2.LabelRequest(camera_id=camera, frame_index=index, encoded=jpeg, groups=list(groups))
+
+
+def wait_until(condition, timeout: float = 30.0, every: float = 0.01) -> None:
+    """Poll `condition` until it holds; fail after `timeout` s (a deadline, never a sleep as synchronisation)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(every)
+
+
+class SlowBackend:
+    """A real teacher backend that takes ``delay_s`` longer per batch (a loaded, remote teacher)."""
+
+    def __init__(self, backend, delay_s: float):
+        self._backend, self.delay_s = backend, delay_s
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def predict(self, frames, score_threshold):
+        time.sleep(self.delay_s)
+        return self._backend.predict(frames, score_threshold)
+
+
+class StderrWatch:
+    """Reads a `jitnet teacher` process's stderr on a thread, keeping every line, until `pattern` first matches."""
+
+    def __init__(self, proc: subprocess.Popen, pattern: str) -> None:
+        self.lines: list[str] = []
+        self.match: "re.Match[str] | None" = None
+        self._found = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(proc, re.compile(pattern)), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen, pattern: "re.Pattern[str]") -> None:
+        for line in proc.stderr:
+            self.lines.append(line)
+            match = pattern.search(line) if self.match is None else None
+            if match:
+                self.match = match
+                self._found.set()
+
+    def wait(self, timeout: float) -> "re.Match[str]":
+        """The first match; fails with everything read so far when none came within `timeout` s."""
+        assert self._found.wait(timeout), "".join(self.lines)
+        return self.match
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)

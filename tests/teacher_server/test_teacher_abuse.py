@@ -20,10 +20,11 @@ import pytest
 
 from core.labels import RETRY_AFTER_KEY
 from edge_agent.teacher_client import TeacherClient
-from protos import teacher_pb2, teacher_pb2_grpc
+from protos import teacher_pb2_grpc
 from teacher_server.labeler import Labeler
 from teacher_server.server import start_server
-from teacher_helpers import davis_jpeg, davis_rgb, yolo_backend
+from teacher_helpers import davis_jpeg, davis_rgb, small_jpeg, wait_until, yolo_backend
+from teacher_helpers import label_request as _request
 
 TOKENS = {"cam-a": "token-for-camera-a", "cam-b": "token-for-camera-b", "cam-c": "token-for-camera-c",
           "cam-d": "token-for-camera-d", "flood": "token-for-the-flood"}
@@ -33,24 +34,9 @@ def _bearer(camera: str) -> tuple:
     return (("authorization", f"Bearer {TOKENS[camera]}"),)
 
 
-def wait_until(condition, timeout: float = 30.0, every: float = 0.01) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(every)
-
-
-@pytest.fixture(scope="module")
-def small_jpeg() -> bytes:
-    frame = np.ascontiguousarray(davis_rgb("dog", 10)[::4, ::4])
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    assert ok
-    return buf.tobytes()
-
-
-def _request(camera: str, index: int, jpeg: bytes) -> teacher_pb2.LabelRequest:
-    return teacher_pb2.LabelRequest(camera_id=camera, frame_index=index, encoded=jpeg, groups=["dog"])
+@pytest.fixture(scope="module", name="small_jpeg")
+def _small_jpeg() -> bytes:
+    return small_jpeg(4)
 
 
 def _silent(release: threading.Event):

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
 import numpy as np
 
 from edge_agent.teacher_client import TeacherClient
-from teacher_helpers import REPO_ROOT, davis_rgb
+from teacher_helpers import REPO_ROOT, StderrWatch, davis_rgb
 
 
 def _jitnet(*args: str, **kwargs) -> subprocess.Popen:
@@ -25,22 +23,10 @@ def _jitnet(*args: str, **kwargs) -> subprocess.Popen:
 
 def test_jitnet_teacher_serves_logs_its_address_exposes_metrics_and_stops_on_sigterm() -> None:
     proc = _jitnet("teacher", "--backend", "yolov5s-seg", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0")
-    lines: list[str] = []
-    found = threading.Event()
-    address: dict[str, str] = {}
-
-    def read() -> None:
-        for line in proc.stderr:
-            lines.append(line)
-            match = re.search(r"listening on (grpc://\S+), metrics on (http://\S+/metrics)", line)
-            if match:
-                address["grpc"], address["metrics"] = match.group(1).rstrip(";"), match.group(2)
-                found.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    log = StderrWatch(proc, r"listening on (grpc://\S+), metrics on (http://\S+/metrics)")
     try:
-        assert found.wait(120), "".join(lines)
+        match = log.wait(120)
+        address = {"grpc": match.group(1).rstrip(";"), "metrics": match.group(2)}
         frame = np.ascontiguousarray(davis_rgb("breakdance", 0)[::2, ::2])
         with TeacherClient(address["grpc"], camera_id="cli", timeout_s=60) as client:
             labels = client.label(frame, ["person"], frame_index=3)
@@ -53,8 +39,8 @@ def test_jitnet_teacher_serves_logs_its_address_exposes_metrics_and_stops_on_sig
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    reader.join(5)
-    assert any("stopped" in line for line in lines)
+    log.join(5)
+    assert any("stopped" in line for line in log.lines)
 
 
 def test_jitnet_teacher_maskrcnn_without_weights_refuses_and_says_where_to_put_them(tmp_path) -> None:

@@ -30,29 +30,13 @@ from teacher_server.codec import DEFAULT_MAX_PIXELS
 from teacher_server.labeler import Labeler
 from teacher_server.limits import CallLimiter, CallLimits, LimitExceeded
 from teacher_server.server import start_server
-from teacher_helpers import davis_jpeg, davis_rgb, yolo_backend
-
-TOKENS = {"cam-a": "token-for-camera-a", "cam-b": "token-for-camera-b"}
-
-
-def wait_until(condition, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+from teacher_helpers import TOKENS, SlowBackend, davis_jpeg, davis_rgb, small_jpeg, wait_until, yolo_backend
+from teacher_helpers import label_request as _request
 
 
-@pytest.fixture(scope="module")
-def small_jpeg() -> bytes:
-    frame = np.ascontiguousarray(davis_rgb("dog", 10)[::4, ::4])
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    assert ok
-    return buf.tobytes()
-
-
-def _request(camera: str, index: int, jpeg: bytes) -> teacher_pb2.LabelRequest:
-    return teacher_pb2.LabelRequest(camera_id=camera, frame_index=index, encoded=jpeg, groups=["dog"])
+@pytest.fixture(scope="module", name="small_jpeg")
+def _small_jpeg() -> bytes:
+    return small_jpeg(4)
 
 
 def _count(handle, code: str) -> float:
@@ -155,7 +139,7 @@ def test_one_camera_over_its_stream_limit_is_refused_while_another_camera_is_ans
 
 
 def test_one_camera_over_its_call_limit_is_refused_while_another_camera_is_answered(small_jpeg) -> None:
-    slow = Labeler(_Slow(yolo_backend(), delay_s=1.0))
+    slow = Labeler(SlowBackend(yolo_backend(), delay_s=1.0))
     with start_server(slow, port=0, max_calls_per_camera=2, max_queue_per_camera=8, warmup=False) as handle:
         def call(camera: str, k: int):
             with grpc.insecure_channel(handle.target) as channel:
@@ -177,7 +161,7 @@ def test_one_camera_over_its_call_limit_is_refused_while_another_camera_is_answe
 
 
 def test_calls_over_the_servers_own_limit_get_a_hint_not_grpcs_bare_refusal(small_jpeg) -> None:
-    slow = Labeler(_Slow(yolo_backend(), delay_s=1.0))
+    slow = Labeler(SlowBackend(yolo_backend(), delay_s=1.0))
     with start_server(slow, port=0, max_concurrent_rpcs=8, max_calls=4, max_queue=16, max_queue_per_camera=4,
                       warmup=False) as handle:
         def call(k: int):
@@ -194,20 +178,6 @@ def test_calls_over_the_servers_own_limit_get_a_hint_not_grpcs_bare_refusal(smal
         assert len(refused) == 3 and outcomes.count("ok") == 4, outcomes
         assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and int(hint) > 0 for code, hint in refused)
         assert handle._servicer.limiter.refused == {"calls": 3}
-
-
-class _Slow:
-    """The real backend, slower per batch (a loaded teacher)."""
-
-    def __init__(self, backend, delay_s: float) -> None:
-        self._backend, self.delay_s = backend, delay_s
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def predict(self, frames, score_threshold):
-        time.sleep(self.delay_s)
-        return self._backend.predict(frames, score_threshold)
 
 
 def test_call_limiter_counts_per_camera_and_in_total() -> None:
@@ -298,7 +268,7 @@ def test_header_bomb_jpeg_is_refused_before_decoding_and_memory_stays_flat(small
 def test_frame_memory_is_bounded_by_bytes_and_a_frame_over_all_of_it_is_invalid(small_jpeg) -> None:
     frame = davis_rgb("dog", 10)
     frame_bytes = frame.nbytes
-    slow = Labeler(_Slow(yolo_backend(), delay_s=0.5))
+    slow = Labeler(SlowBackend(yolo_backend(), delay_s=0.5))
     with start_server(slow, port=0, max_batch=1, max_frame_bytes=int(2.5 * frame_bytes), warmup=False) as handle:
         raw = teacher_pb2.RawImage(data=frame.tobytes(), height=frame.shape[0], width=frame.shape[1], channels=3)
 
@@ -377,7 +347,7 @@ def test_garbage_protobuf_is_invalid_argument_and_logged_once_not_per_request(se
 
 def test_answers_the_client_no_longer_waits_for_count_as_deadline_exceeded_not_ok(small_jpeg) -> None:
     # Computed within half a second after the caller's deadline: the window where it used to count OK.
-    slow = Labeler(_Slow(yolo_backend(), delay_s=0.6))
+    slow = Labeler(SlowBackend(yolo_backend(), delay_s=0.6))
     with start_server(slow, port=0, max_batch=1, warmup=False) as handle:
         with grpc.insecure_channel(handle.target) as channel:
             with pytest.raises(grpc.RpcError) as info:

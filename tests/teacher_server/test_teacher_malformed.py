@@ -3,7 +3,6 @@ and its memory stops growing (issue 18's check; slow)."""
 from __future__ import annotations
 
 import random
-import re
 import struct
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 
 from edge_agent.teacher_client import TeacherClient
 from protos import teacher_pb2
-from teacher_helpers import REPO_ROOT, davis_rgb
+from teacher_helpers import REPO_ROOT, StderrWatch, davis_rgb
 
 pytestmark = pytest.mark.slow
 
@@ -84,22 +83,10 @@ def test_ten_thousand_malformed_requests_leave_the_server_up_without_tracebacks_
     png = cv2.imencode(".png", cv2.cvtColor(frame[::4, ::4], cv2.COLOR_RGB2BGR))[1].tobytes()
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "teacher", "--backend", "yolov5s-seg", "--host", "127.0.0.1",
                              "--port", "0", "--metrics-port", "-1"], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    found = threading.Event()
-    address: dict[str, str] = {}
-
-    def read() -> None:
-        for line in proc.stderr:
-            lines.append(line)
-            match = re.search(r"listening on (grpc://[^\s;,]+)", line)
-            if match:
-                address["url"] = match.group(1)
-                found.set()
-
-    threading.Thread(target=read, daemon=True).start()
+    log = StderrWatch(proc, r"listening on (grpc://[^\s;,]+)")
     try:
-        assert found.wait(180), "".join(lines)
-        target = address["url"].removeprefix("grpc://")
+        url = log.wait(180).group(1)
+        target = url.removeprefix("grpc://")
         kinds = _malformed(jpeg, png)
         codes: dict[str, int] = {}
         lock = threading.Lock()
@@ -129,8 +116,8 @@ def test_ten_thousand_malformed_requests_leave_the_server_up_without_tracebacks_
                 list(pool.map(send, range(WARM_UP, TOTAL)))
             final = _rss_bytes(proc.pid)
         print(f"malformed: {codes}; server RSS after {WARM_UP}: {after_warm_up >> 20} MiB, after {TOTAL}: {final >> 20} MiB")
-        assert proc.poll() is None, "".join(lines[-50:])
-        with TeacherClient(address["url"], camera_id="valid", timeout_s=60) as client:
+        assert proc.poll() is None, "".join(log.lines[-50:])
+        with TeacherClient(url, camera_id="valid", timeout_s=60) as client:
             assert client.label(frame, ["dog"], frame_index=1).frame_index == 1
         assert sum(codes.values()) == TOTAL
         assert set(codes) <= {"INVALID_ARGUMENT", "inline", "RESOURCE_EXHAUSTED"}, codes
@@ -143,5 +130,5 @@ def test_ten_thousand_malformed_requests_leave_the_server_up_without_tracebacks_
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    text = "".join(lines)
+    text = "".join(log.lines)
     assert "Traceback" not in text, text[-4000:]

@@ -6,7 +6,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import grpc
 import numpy as np
 import pytest
@@ -17,15 +16,12 @@ from protos import teacher_pb2, teacher_pb2_grpc
 from teacher_server.admission import DeadlineAdmission, ServiceTimes, TooLate, plan_batch, wait_estimate
 from teacher_server.batcher import Job
 from teacher_server.server import start_server
-from teacher_helpers import davis_rgb, yolo_backend
+from teacher_helpers import small_jpeg, yolo_backend
 
 
-@pytest.fixture(scope="module")
-def small_jpeg() -> bytes:
-    frame = np.ascontiguousarray(davis_rgb("dog", 10)[::2, ::2])
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    assert ok
-    return buf.tobytes()
+@pytest.fixture(scope="module", name="small_jpeg")
+def _small_jpeg() -> bytes:
+    return small_jpeg(2)
 
 
 def _overload(handle, jpeg: bytes, cameras: int, per_camera: int, deadline_s: float) -> list[tuple[str, float]]:

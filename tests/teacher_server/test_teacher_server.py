@@ -19,17 +19,8 @@ from edge_agent.teacher_client import TeacherClient, TeacherRejected, TeacherTim
 from protos import teacher_pb2, teacher_pb2_grpc
 from teacher_server.labeler import Labeler
 from teacher_server.server import start_server
-from teacher_helpers import REPO_ROOT, davis_jpeg, davis_mask, davis_rgb, iou, yolo_backend
-
-TOKENS = {"cam-a": "token-for-camera-a", "cam-b": "token-for-camera-b"}
-
-
-def wait_until(condition, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
+from teacher_helpers import REPO_ROOT, TOKENS, davis_jpeg, davis_mask, davis_rgb, iou, wait_until, yolo_backend
+from teacher_helpers import label_request as _request
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +33,6 @@ def server():
 @pytest.fixture(scope="module")
 def small_frame() -> np.ndarray:
     return np.ascontiguousarray(davis_rgb("dog", 10)[::2, ::2])
-
-
-def _request(camera: str, index: int, jpeg: bytes, groups=("dog",)) -> teacher_pb2.LabelRequest:
-    return teacher_pb2.LabelRequest(camera_id=camera, frame_index=index, encoded=jpeg, groups=list(groups))
 
 
 # -- accuracy on real frames --------------------------------------------------------------------------
