@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from core.config import DistillConfig
@@ -44,15 +44,7 @@ class TeacherDecision:
     next_due: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "frame_index": self.frame_index,
-            "accuracy": self.accuracy,
-            "updates": self.updates,
-            "success": self.success,
-            "stride_before": self.stride_before,
-            "stride_after": self.stride_after,
-            "next_due": self.next_due,
-        }
+        return asdict(self)
 
 
 def _first_multiple_at_least(value: int, stride: int) -> int:
