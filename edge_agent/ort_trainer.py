@@ -296,7 +296,7 @@ class OrtTrainer:
 
     def restore(self, state_dir: Path | str) -> bool:
         """Load the newest intact snapshot; False when there is none."""
-        def load(folder: Path, record: dict) -> None:
+        def load(folder: Path) -> None:
             before = dict(self.__dict__)
             try:  # all or nothing: a snapshot that fails half-way leaves the trainer as it was
                 self._load(folder / "checkpoint", snapshot=folder)
@@ -305,10 +305,5 @@ class OrtTrainer:
                 self.__dict__.update(before)
                 raise
             self._updates += 1  # other weights: predictions cached by version are stale
-            self.steps = int(record.get("steps", 0))
 
-        found = restore_snapshot(self, state_dir, load)
-        if found is None:
-            return False
-        log.info("restored student state from %s (step %d)", found[0], self.steps)
-        return True
+        return restore_snapshot(self, state_dir, load)

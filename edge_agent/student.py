@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -149,19 +149,25 @@ class SnapshotWriter:
         self._executor.shutdown(wait=True)
 
 
-def restore_snapshot(trainer: Trainer, state_dir: Path | str, load) -> Optional[tuple[Path, dict]]:
-    """``load(folder, record)`` the newest snapshot of this student that loads; older ones are the fallback.
+def restore_snapshot(trainer: Trainer, state_dir: Path | str, load) -> bool:
+    """``load(folder)`` the newest snapshot of this student that loads (older ones are the fallback), and its step count.
 
-    Another student's state is refused (ArtifactError), never silently skipped.
+    ``load`` is all or nothing: it leaves the trainer as it was when it raises. Another student's state is
+    refused (ArtifactError), never silently skipped. False when there is no snapshot.
     """
     def checked(folder: Path, record: dict) -> None:
         try:
             _check_identity(record, trainer.manifest, trainer.backend, folder)
         except ArtifactError as exc:
             raise WrongStudent(str(exc)) from None
-        load(folder, record)
+        load(folder)
+        trainer.steps = int(record.get("steps", 0))
 
-    return SnapshotStore(state_dir).restore(checked, fatal=(WrongStudent,))
+    found = SnapshotStore(state_dir).restore(checked, fatal=(WrongStudent,))
+    if found is None:
+        return False
+    log.info("restored student state from %s (step %d)", found[0], trainer.steps)
+    return True
 
 
 class WrongStudent(ArtifactError):

@@ -6,7 +6,6 @@ directory's ``initial_weights.npz`` (written by `jitnet export`).
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional
 
@@ -15,8 +14,6 @@ import numpy as np
 from core.manifest import ArtifactError, load_manifest
 from edge_agent.student import (StepResult, TrainBatch, check_image, restore_snapshot, save_snapshot, stage_snapshot,
                                 to_nchw)
-
-log = logging.getLogger(__name__)
 
 
 class TorchTrainer:
@@ -101,7 +98,7 @@ class TorchTrainer:
     def restore(self, state_dir: Path | str) -> bool:
         import copy
 
-        def load(folder: Path, record: dict) -> None:
+        def load(folder: Path) -> None:
             blob = self.torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
             model, optimizer = copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict())
             try:  # all or nothing: weights without their momentum (or half the weights) are never kept
@@ -112,10 +109,5 @@ class TorchTrainer:
                 self.optimizer.load_state_dict(optimizer)
                 raise
             self._version += 1
-            self.steps = int(record.get("steps", 0))
 
-        found = restore_snapshot(self, state_dir, load)
-        if found is None:
-            return False
-        log.info("restored student state from %s (step %d)", found[0], self.steps)
-        return True
+        return restore_snapshot(self, state_dir, load)
