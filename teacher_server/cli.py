@@ -5,6 +5,7 @@ import argparse
 import logging
 import signal
 import threading
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -99,41 +100,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def server_config(args: argparse.Namespace) -> "ServerConfig":
-    """The limits and ports both engines take from the command line."""
+    """The limits and ports both engines take from the command line.
+
+    A flag named like a ServerConfig field (--max-calls-per-camera: max_calls_per_camera) is that field;
+    the ones below are converted (units, "off" values, files).
+    """
     from teacher_server.server import ServerConfig, tokens_from_file
 
-    return ServerConfig(
-        host=args.host,
-        port=args.port,
-        max_batch=args.max_batch,
-        max_delay_ms=args.max_delay_ms,
-        max_queue=args.max_queue,
-        max_queue_per_camera=args.max_queue_per_camera,
+    given = vars(args)
+    config = {f.name: given[f.name] for f in fields(ServerConfig) if f.name in given}
+    if not args.max_pixels:
+        del config["max_pixels"]  # ServerConfig's default
+    config.update(
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-        **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
         max_frame_bytes=int(args.max_frame_mb * 1024 * 1024),
-        max_calls=args.max_calls,
-        max_calls_per_camera=args.max_calls_per_camera,
-        max_streams_per_camera=args.max_streams_per_camera,
-        stream_idle_s=args.stream_idle_s,
-        first_frame_s=args.first_frame_s,
         rate_per_camera=args.rate_per_camera or None,
-        burst_per_camera=args.burst_per_camera,
-        max_retry_after_s=args.max_retry_after_s,
-        max_hold_s=args.max_hold_s,
         deadline_admission=args.admission == "deadline",
-        health_port=args.health_port,
-        health_host=args.health_host,
-        score_threshold=args.score_threshold,
         tokens=tokens_from_file(args.tokens),
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-        metrics_host=args.metrics_host,
         metrics_token=Path(args.metrics_token_file).read_text().strip() if args.metrics_token_file else None,
-        metrics_tls=args.metrics_tls,
-        policy=args.policy,
     )
+    return ServerConfig(**config)
 
 
 def _run_fleet(args: argparse.Namespace) -> int:

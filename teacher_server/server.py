@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -296,19 +296,9 @@ def start_server(
             keyfile=str(config.tls_key) if config.metrics_tls else None,
         )
     handle = ServerHandle(
-        host=config.host,
-        port=port,
-        tls=tls,
-        labeler=labeler,
-        batcher=batcher,
-        metrics=metrics,
-        metrics_port=metrics_port,
-        metrics_tls=config.metrics_tls,
-        _server=server,
-        _health=health_servicer,
-        _servicer=servicer,
-        health_port=health_port,
-        _health_server=health_server,
+        host=config.host, port=port, tls=tls, labeler=labeler, batcher=batcher, metrics=metrics,
+        metrics_port=metrics_port, metrics_tls=config.metrics_tls, health_port=health_port,
+        _server=server, _health=health_servicer, _servicer=servicer, _health_server=health_server,
     )
     log.info(
         "teacher %s (%s) listening on %s%s; batching max %d frames / %.1f ms, queue %d%s",
@@ -332,19 +322,10 @@ def limiter_from_config(config: ServerConfig) -> CallLimiter:
     if max_calls >= config.max_concurrent_rpcs:
         raise ValueError(f"max_calls ({max_calls}) must stay below max_concurrent_rpcs ({config.max_concurrent_rpcs}), "
                          "or gRPC refuses calls before the server can say when to come back")
-    return CallLimiter(CallLimits(
-        max_calls=max_calls,
-        max_calls_per_camera=config.max_calls_per_camera,
-        max_streams_per_camera=config.max_streams_per_camera,
-        max_frame_bytes=config.max_frame_bytes,
-        rate_per_camera=config.rate_per_camera,
-        burst_per_camera=config.burst_per_camera,
-        max_retry_after_s=config.max_retry_after_s,
-        max_hold_s=config.max_hold_s,
-        max_held=config.max_held,
-        max_held_per_camera=max(1, config.max_held // 2),
-        forget_after_s=config.forget_after_s,
-    ))
+    # The limits the config names (same field names) pass through; the rest keep CallLimits' defaults.
+    limits = {f.name: getattr(config, f.name) for f in fields(CallLimits) if hasattr(config, f.name)}
+    limits.update(max_calls=max_calls, max_held_per_camera=max(1, config.max_held // 2))
+    return CallLimiter(CallLimits(**limits))
 
 
 def tokens_from_file(path: Optional[Union[str, Path]]) -> Optional[dict[str, str]]:
