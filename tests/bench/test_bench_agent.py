@@ -4,15 +4,20 @@ import subprocess
 import sys
 
 
-def test_bench_agent_reports_the_teacher_row_and_one_row_per_threshold(tmp_path, artifacts):
+def _bench_agent(tmp_path, artifacts, thresholds: str) -> tuple[dict, str]:
+    """`jitnet bench agent` on 20 frames of the demo clip: its JSON report and what it printed."""
     out = tmp_path / "agent.json"
     proc = subprocess.run(
         [sys.executable, "-m", "cli.main", "bench", "agent", "--teacher", "yolov5s-seg", "--classes", "person",
-         "--frames", "20", "--thresholds", "0.7,0.9", "--artifacts", str(artifacts), "--json", str(out)],
+         "--frames", "20", "--thresholds", thresholds, "--artifacts", str(artifacts), "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_bench_agent_reports_the_teacher_row_and_one_row_per_threshold(tmp_path, artifacts):
+    report, _ = _bench_agent(tmp_path, artifacts, "0.7,0.9")
     teacher, *agents = report["rows"]
     assert teacher["teacher_percent"] == 100.0 and teacher["speedup"] == 1.0 and teacher["frames"] == 20
     assert [r["threshold"] for r in agents] == [0.7, 0.9]
@@ -42,15 +47,8 @@ def test_bench_agent_bandwidth_columns_are_the_bytes_of_its_teacher_frames_over_
     from sdk.clips import first_available
     from sdk.streams import read_frames
 
-    out = tmp_path / "agent.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "bench", "agent", "--teacher", "yolov5s-seg", "--classes", "person",
-         "--frames", "20", "--thresholds", "0.8", "--artifacts", str(artifacts), "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
-    assert "kbps up" in proc.stdout  # the Markdown table is printed
+    report, printed = _bench_agent(tmp_path, artifacts, "0.8")
+    assert "kbps up" in printed  # the Markdown table is printed
     frames = read_frames(str(first_available(("vtest", "bikes"))), max_frames=20, resize=0.5)
     video_s = 20 / report["clip_fps"]
     assert report["video_s"] == round(video_s, 3)

@@ -64,12 +64,17 @@ def test_mismatched_frame_and_mask_counts_are_reported(tmp_path, davis_root):
         load_sequence(root, "dog")
 
 
-def test_frames_and_masks_of_different_size_are_reported(tmp_path, davis_root):
+def _shrink(root, relative: str) -> None:
+    """Halve one frame or mask of a copied sequence, so that it no longer fits the others."""
     import cv2
 
-    root = make_root(tmp_path, davis_root, "dog", n_frames=3, n_masks=3)
-    path = root / "Annotations" / "dog" / "00001.png"
+    path = root / relative
     cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (427, 240)))
+
+
+def test_frames_and_masks_of_different_size_are_reported(tmp_path, davis_root):
+    root = make_root(tmp_path, davis_root, "dog", n_frames=3, n_masks=3)
+    _shrink(root, "Annotations/dog/00001.png")
     with pytest.raises(DavisLayoutError, match="different sizes"):
         load_sequence(root, "dog")
 
@@ -82,11 +87,8 @@ def test_davis_2017_layout_with_resolution_folder(tmp_path, davis_root):
 
 
 def test_frames_of_another_size_than_their_masks_are_reported(tmp_path, davis_root):
-    import cv2
-
     root = make_root(tmp_path, davis_root, "dog", n_frames=3, n_masks=3)
-    path = root / "JPEGImages" / "dog" / "00002.jpg"
-    cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (427, 240)))
+    _shrink(root, "JPEGImages/dog/00002.jpg")
     with pytest.raises(DavisLayoutError, match="00002.jpg is 427x240 but masks are 854x480"):
         load_sequence(root, "dog")
     assert len(load_sequence(root, "dog", lazy=True).frames) == 3  # lazy checks the first frame only
