@@ -156,22 +156,6 @@ class FlowBaselineStats:
         propagated = self.frames - self.teacher_calls
         return 1000.0 * self.flow_seconds / propagated if propagated else 0.0
 
-    @property
-    def teacher_ms_per_call(self) -> float:
-        return 1000.0 * self.teacher_seconds / self.teacher_calls if self.teacher_calls else 0.0
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "method": self.method,
-            "keyframe_interval": self.keyframe_interval,
-            "frames": self.frames,
-            "teacher_calls": self.teacher_calls,
-            "teacher_seconds": self.teacher_seconds,
-            "flow_seconds": self.flow_seconds,
-            "flow_ms_per_frame": self.flow_ms_per_frame,
-            "teacher_ms_per_call": self.teacher_ms_per_call,
-        }
-
 
 def iter_flow_baseline(
     frames: Iterable[np.ndarray],
