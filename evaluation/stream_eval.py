@@ -106,25 +106,28 @@ def _clean(value: Any) -> Any:
 
 
 def _speedups(run: MethodRun, teacher_ms: float, teacher_gf: Optional[float], student_gf: Optional[dict]) -> dict[str, Any]:
-    """Speedup over the teacher on every frame, in measured ms and in GFLOPs."""
+    """Speedup over the teacher on every frame, in measured ms (when the teacher was timed) and in GFLOPs."""
     n = run.frames
+    timed = math.isfinite(teacher_ms) and teacher_ms > 0
+    counted = bool(teacher_gf and student_gf)
     out: dict[str, Any] = {"speedup_ms": None, "speedup_flops": None}
-    if not math.isfinite(teacher_ms) or teacher_ms <= 0:
-        return out
-    train_ms = run.train_step_ms if math.isfinite(run.train_step_ms) else 0.0
     if run.kind == "flow":
-        out["speedup_ms"] = flow_speedup(n, run.teacher_frames, teacher_cost=teacher_ms, flow_cost=run.flow_ms)
+        if timed:
+            out["speedup_ms"] = flow_speedup(n, run.teacher_frames, teacher_cost=teacher_ms, flow_cost=run.flow_ms)
         return out  # no FLOPs count for OpenCV's DIS flow
     if run.kind == "oracle":
-        out["speedup_ms"] = speedup_from_charges(n, teacher_ms, [(n, run.infer_ms)])
-        if teacher_gf and student_gf:
+        if timed:
+            out["speedup_ms"] = speedup_from_charges(n, teacher_ms, [(n, run.infer_ms)])
+        if counted:
             out["speedup_flops"] = speedup_from_charges(n, teacher_gf, [(n, student_gf["infer_gflops"])])
         return out
-    # Fusion's flow and warps run on every frame: charged with the student's inference (time only).
-    flow_ms = run.flow_ms if math.isfinite(run.flow_ms) else 0.0
-    out["speedup_ms"] = speedup_ms(n, run.teacher_frames, run.updates, teacher_ms=teacher_ms,
-                                   student_infer_ms=run.infer_ms + flow_ms, train_step_ms=train_ms)
-    if teacher_gf and student_gf:
+    if timed:
+        # Fusion's flow and warps run on every frame: charged with the student's inference (time only).
+        flow_ms = run.flow_ms if math.isfinite(run.flow_ms) else 0.0
+        train_ms = run.train_step_ms if math.isfinite(run.train_step_ms) else 0.0
+        out["speedup_ms"] = speedup_ms(n, run.teacher_frames, run.updates, teacher_ms=teacher_ms,
+                                       student_infer_ms=run.infer_ms + flow_ms, train_step_ms=train_ms)
+    if counted:
         # Each update is a train step plus the forward pass that checks the accuracy.
         out["speedup_flops"] = speedup_flops(
             n, run.teacher_frames, run.updates, teacher_gflops=teacher_gf,
