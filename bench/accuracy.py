@@ -40,7 +40,7 @@ def default_variants() -> str:
     from core.config import DistillConfig
 
     d = DistillConfig()
-    return f"{d.fusion}/{d.stride_signal},none/paper"
+    return f"{d.fusion}/{d.signal},none/paper"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping, Optional, Sequence
 
-STRIDE_SIGNALS = ("paper", "unseen", "change")
+STRIDE_SIGNALS = ("auto", "paper", "unseen", "change")
 FUSIONS = ("none", "flow")
 
 
@@ -41,11 +41,12 @@ class DistillConfig:
         aliases=("--scale",))
     score_threshold: float = _knob(0.5, "teacher detections below this score are ignored (sent with every request)")
     stride_signal: str = _knob(
-        "paper", "what doubles or halves the stride: 'paper' = accuracy after training on the teacher frame "
-        "(Algorithm 1), 'unseen' = accuracy on the new teacher frame before training on it, 'change' = "
-        "Algorithm 1, but an empty teacher frame is no proof of accuracy and a scene cut or the student "
-        "disagreeing with the carried answer brings the next teacher frame forward (needs fusion=flow)",
-        choices=STRIDE_SIGNALS)
+        "auto", "what doubles or halves the stride: 'paper' = the student's accuracy after training on the "
+        "teacher frame (Algorithm 1), 'unseen' = its accuracy on the new teacher frame before training on it, "
+        "'change' = the fused output's accuracy on the new teacher frame before its answer, an empty teacher "
+        "frame proving nothing, and a scene cut or the student disagreeing with the carried answer bringing "
+        "the next teacher frame forward (needs fusion=flow); 'auto' = 'change' with fusion=flow (measured "
+        "best: docs/fusion.md), 'paper' with fusion=none", choices=STRIDE_SIGNALS)
     stride_window: int = _knob(
         1, "with stride_signal=unseen: mean over this many most recent teacher frames decides")
     fusion: str = _knob(
@@ -74,14 +75,23 @@ class DistillConfig:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if self.stride_signal not in STRIDE_SIGNALS:
             raise ValueError(f"stride_signal must be one of {STRIDE_SIGNALS}, got {self.stride_signal!r}")
+
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.fusion_max_age < 1:
             raise ValueError(f"fusion_max_age must be >= 1, got {self.fusion_max_age}")
         if self.stride_signal == "change" and self.fusion == "none":
-            raise ValueError("stride_signal='change' watches the carried teacher answer: it needs fusion='flow'")
+            raise ValueError("stride_signal='change' watches the carried teacher answer, so it needs fusion='flow'; "
+                             "with fusion='none' (the student alone) use stride_signal='paper' or 'unseen'")
         if self.stride_window < 1:
             raise ValueError(f"stride_window must be >= 1, got {self.stride_window}")
+
+    @property
+    def signal(self) -> str:
+        """The stride signal that runs: ``stride_signal`` with 'auto' resolved by ``fusion``."""
+        if self.stride_signal == "auto":
+            return "change" if self.fusion == "flow" else "paper"
+        return self.stride_signal
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

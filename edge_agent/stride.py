@@ -276,7 +276,7 @@ class AdaptiveStride(_TeacherSchedule):
 
     def observe(self, t: int, *, agreement: Optional[float] = None, cut: bool = False,
                 teacher_empty: Optional[bool] = None, output_accuracy: Optional[float] = None) -> None:
-        if self.config.stride_signal != "change":
+        if self.config.signal != "change":
             return
         if teacher_empty is not None:  # said on teacher frames, before finish()
             self._teacher_empty = bool(teacher_empty)
@@ -299,17 +299,17 @@ class AdaptiveStride(_TeacherSchedule):
             self.bring_forward(t + 1)
 
     def _next_stride(self, stride: int, success: bool) -> int:
-        if self.config.stride_signal == "change" and self._teacher_empty and success:
+        if self.config.signal == "change" and self._teacher_empty and success:
             return stride  # nothing on the teacher frame and nothing in the student's: no proof either way
         if success:
             return min(2 * stride, self.config.max_stride)
         return max(stride // 2, self.config.min_stride)
 
     def _success(self, accuracy: float, accuracy_before: Optional[float]) -> bool:
-        if self.config.stride_signal == "change" and self._output_accuracy is not None:
+        if self.config.signal == "change" and self._output_accuracy is not None:
             judged, self._output_accuracy = self._output_accuracy, None
             return judged >= self.config.accuracy_threshold
-        if self.config.stride_signal in ("paper", "change"):
+        if self.config.signal in ("paper", "change"):
             return accuracy >= self.config.accuracy_threshold
         if accuracy_before is None:
             raise ValueError("stride_signal='unseen' needs finish(..., accuracy_before=...): the accuracy on "

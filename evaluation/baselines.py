@@ -170,7 +170,7 @@ def run_agent(
     )
     run.extra = {
         "fusion": config.fusion,
-        "stride_signal": config.stride_signal,
+        "stride_signal": config.signal,
         "carried_fraction": float(np.mean(carried)) if carried else 0.0,
         "change_triggers": getattr(agent.controller, "change_triggers", 0),
         "cut_triggers": getattr(agent.controller, "cut_triggers", 0),

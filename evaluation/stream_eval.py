@@ -83,7 +83,7 @@ def online_name(threshold: float, fused: bool = True) -> str:
 def unfused(config: DistillConfig) -> DistillConfig:
     """The same run with the student alone (and the paper's stride signal if it watched the fusion)."""
     return replace(config, fusion="none",
-                   stride_signal="paper" if config.stride_signal == "change" else config.stride_signal)
+                   stride_signal="paper" if config.signal == "change" else config.stride_signal)
 
 
 def reference_threshold(thresholds: Sequence[float]) -> float:
