@@ -74,6 +74,7 @@ class _TeacherSchedule:
         self._next_due = 0
         self._last_teacher_frame: Optional[int] = None
         self._pending: Optional[int] = None
+        self._deferred_until = 0  # no teacher frame before this one (a saturated teacher's stretch hint)
         self._history: deque[TeacherDecision] = deque(maxlen=self._history_size)
         self._teacher_frames = 0
         self._successes = 0
@@ -174,9 +175,15 @@ class _TeacherSchedule:
         self._pending = None
 
     def bring_forward(self, t: int) -> int:
-        """Make frame ``t`` due now (the scene changed); returns next_due.  No effect while an answer is pending."""
+        """Make frame ``t`` due now (the scene changed); returns next_due.
+
+        No effect while an answer is pending, and never earlier than a
+        saturated teacher's deferral (:meth:`defer`): the fleet's request
+        for room outranks one camera's scene change.
+        """
+        t = max(int(t), self._deferred_until)
         if self._pending is None and t < self._next_due:
-            self._next_due = int(t)
+            self._next_due = t
         return self._next_due
 
     def observe(self, t: int, *, agreement: Optional[float] = None, cut: bool = False,
@@ -190,6 +197,7 @@ class _TeacherSchedule:
         """
         if until > self._next_due:
             self._next_due = int(until)
+        self._deferred_until = max(self._deferred_until, int(until))
         return self._next_due
 
     def summary(self) -> dict[str, Any]:
@@ -284,9 +292,9 @@ class AdaptiveStride(_TeacherSchedule):
             self._output_accuracy = self._check_accuracy(output_accuracy)
         if cut:
             self._changed = 0
-            if self._pending is None and t < self._next_due:
+            before = self._next_due
+            if self.bring_forward(t) < before:
                 self.cut_triggers += 1
-                self.bring_forward(t)
             return
         if agreement is None:
             return
@@ -294,9 +302,10 @@ class AdaptiveStride(_TeacherSchedule):
         last = self._last_teacher_frame
         if (self._changed >= self.CHANGE_FRAMES and self._pending is None and t + 1 < self._next_due
                 and (last is None or t + 1 - last >= self.config.min_stride)):
-            self.change_triggers += 1
             self._changed = 0
-            self.bring_forward(t + 1)
+            before = self._next_due
+            if self.bring_forward(t + 1) < before:
+                self.change_triggers += 1
 
     def _next_stride(self, stride: int, success: bool) -> int:
         if self.config.signal == "change" and self._teacher_empty and success:

@@ -251,3 +251,17 @@ def test_change_signal_brings_the_teacher_forward_on_disagreement_and_at_a_cut()
     due = c.next_due
     c.observe(9, cut=True)
     assert c.next_due == 9 and c.cut_triggers == 1 and due > 9
+
+
+def test_scene_changes_do_not_override_a_saturated_teachers_deferral():
+    from core.config import DistillConfig as Config
+    from edge_agent.stride import AdaptiveStride as Stride
+
+    c = Stride(Config(stride_signal="change", min_stride=8))
+    c.observe(0, teacher_empty=False, output_accuracy=0.5)
+    c.finish(0, 0.5, 1, accuracy_before=0.5)
+    c.defer(20)  # the teacher asked for room
+    c.observe(9, cut=True)
+    for t in range(10, 14):
+        c.observe(t, agreement=0.1)
+    assert c.next_due == 20 and c.cut_triggers == 0 and c.change_triggers == 0
