@@ -9,7 +9,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "teacher": ("bench.teacher", "teacher server throughput and latency, batching on/off"),
     "agent": ("bench.agent", "agent vs teacher-on-every-frame: compute, IoU, teacher share"),
     "fleet": ("bench.fleet", "cameras sharing one teacher in video time: fair turns vs need-aware scheduling"),
-    "accuracy": ("bench.accuracy", "random vs shipped start x paper vs unseen stride signal, with the flow baselines"),
+    "accuracy": ("bench.accuracy", "fused vs unfused student vs the flow baselines on clips and a long stream"),
     "soak": ("bench.soak", "a clip looped live through the agent for N minutes: RSS, latency p50/p99, drops per minute"),
 }
 
