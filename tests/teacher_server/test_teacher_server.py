@@ -131,7 +131,11 @@ def _bad_requests():
     }
 
 
-@pytest.mark.parametrize("case", list(_bad_requests()))
+BAD_CASES = ("corrupt jpeg", "truncated jpeg", "not an image", "zero-size raw", "no image", "raw shape mismatch",
+             "unknown group", "bad threshold")  # named here: building the requests reads DAVIS (a skip, not at collection)
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_gets_invalid_argument_and_the_server_keeps_answering(server, small_frame, case) -> None:
     request, message = _bad_requests()[case]
     computed_before = server.stats.computed
