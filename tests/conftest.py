@@ -14,8 +14,10 @@ DAVIS_ROOT = Path(os.environ.get("JITNET_DAVIS_ROOT", REPO_ROOT.parent / "shared
 
 def load_davis_frame(sequence: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """A real DAVIS 2016 frame (RGB uint8, 480x854) and its human mask (bool)."""
-    image = cv2.imread(str(DAVIS_ROOT / "JPEGImages" / sequence / f"{index:05d}.jpg"), cv2.IMREAD_COLOR)
-    mask = cv2.imread(str(DAVIS_ROOT / "Annotations" / sequence / f"{index:05d}.png"), cv2.IMREAD_GRAYSCALE)
+    image_path = DAVIS_ROOT / "JPEGImages" / sequence / f"{index:05d}.jpg"
+    mask_path = DAVIS_ROOT / "Annotations" / sequence / f"{index:05d}.png"
+    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR) if image_path.is_file() else None
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) if mask_path.is_file() else None
     if image is None or mask is None:
         pytest.skip(f"DAVIS frame {sequence}/{index:05d} not found under {DAVIS_ROOT}: this test needs the "
                     "workspace's ../shared/data/davis2016 (or JITNET_DAVIS_ROOT pointing at a DAVIS 2016 copy)")

