@@ -189,9 +189,10 @@ def run(args: argparse.Namespace) -> int:
             for kind, start in student_starts.items():
                 for fusion, signal in variants:
                     config = DistillConfig(fusion=fusion, stride_signal=signal)
-                    options = replace(base, methods=("online",), config=config, time_teacher_frames=0)
-                    result, _, _ = evaluate_stream(path, frames, teacher, start, cache, options, labels=labels)
-                    for row in _with_teacher_ms(result, clip["teacher_ms"]):
+                    options = replace(base, methods=("online",), config=config)
+                    result, _, _ = evaluate_stream(path, frames, teacher, start, cache, options, labels=labels,
+                                                   timed_teacher=(clip["teacher_ms"], clip["teacher_ms_source"]))
+                    for row in result["runs"]:
                         clip["rows"].append(_row(row, kind, f"{fusion}/{signal}", args.window))
             report["clips"].append(clip)
             log.info("%s done", name)
@@ -210,23 +211,6 @@ def _variants(spec: str) -> list[tuple[str, str]]:
         fusion, _, signal = item.partition("/")
         out.append((fusion, signal or "paper"))
     return out
-
-
-def _with_teacher_ms(result: dict[str, Any], teacher_ms: float) -> list[dict[str, Any]]:
-    """The online rows' time speedups recomputed with the teacher time measured for this clip in this run."""
-    from evaluation.cost import speedup_ms
-
-    rows = []
-    for row in result["runs"]:
-        row = dict(row)
-        if teacher_ms and math.isfinite(teacher_ms):
-            train = row["train_step_ms"] if row.get("train_step_ms") is not None else 0.0
-            flow = row["flow_ms"] if row.get("flow_ms") is not None else 0.0
-            row["speedup_ms"] = speedup_ms(row["frames"], row["teacher_frames"], row["updates"],
-                                           teacher_ms=teacher_ms, student_infer_ms=row["infer_ms"] + flow,
-                                           train_step_ms=train)
-        rows.append(row)
-    return rows
 
 
 def _row(run: dict[str, Any], start: str, signal: str, window: int) -> dict[str, Any]:

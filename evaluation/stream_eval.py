@@ -145,13 +145,16 @@ def evaluate_stream(
     options: StreamEvalOptions,
     *,
     labels: Optional[Sequence[np.ndarray]] = None,
+    timed_teacher: Optional[tuple[float, str]] = None,
 ) -> tuple[dict[str, Any], list[MethodRun], list[np.ndarray]]:
     """Run every requested method on ``frames``; returns (report, runs, teacher labels).
 
     ``teacher`` is a ``TeacherSource``; ``cache`` a ``LabelCache``.  ``labels``:
     the teacher's labels of every frame when they were assembled elsewhere (a
     stream built from several cached clips); the teacher is then timed on
-    ``options.time_teacher_frames`` fresh calls.
+    ``options.time_teacher_frames`` fresh calls.  ``timed_teacher``: (ms per
+    frame, where it comes from) measured earlier in the same run, so several
+    calls on one clip share one teacher time instead of re-timing it.
     """
     from core.geometry import Geometry
     from core.manifest import load_manifest
@@ -177,7 +180,9 @@ def evaluate_stream(
         ms_source = "label cache: measured on this machine when the labels were computed"
     else:
         ms_source = f"mixed: {vl.misses} frames measured in this run, {vl.hits} recorded in the label cache"
-    if vl.misses == 0 and options.time_teacher_frames > 0:
+    if timed_teacher is not None:
+        teacher_ms, ms_source = timed_teacher
+    elif vl.misses == 0 and options.time_teacher_frames > 0:
         teacher_ms = timed_teacher_ms(teacher, frames, groups, options.time_teacher_frames)
         ms_source = f"measured in this run on {options.time_teacher_frames} fresh teacher calls"
     model_name, model_version = teacher.identity()
